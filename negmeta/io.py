@@ -1,0 +1,166 @@
+"""Results storage: atomic writes, run records, resumable chunk stores.
+
+Everything written goes to a temporary file in the destination directory and is
+moved into place with `os.replace`, so a reader (or a resumed run) never sees a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from negmeta import _checks
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    yield tmp
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; honour the umask instead
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _json_default(obj):
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, (np.floating, np.integer, np.bool_)):
+    return obj.item()
+  if hasattr(obj, "__array__"):
+    return np.asarray(obj).tolist()
+  raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj):
+  # JSON has no NaN/Inf: write null, the honest "no value".
+  if isinstance(obj, float):
+    return obj if np.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _finite_or_none(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite_or_none(v) for v in obj]
+  return obj
+
+
+def write_json(path: str, record: Mapping[str, Any]) -> None:
+  """Atomically writes `record` as indented JSON (NaN/Inf become null)."""
+  text = json.dumps(_finite_or_none(json.loads(json.dumps(record, default=_json_default))),
+                    indent=2, sort_keys=False)
+  with _atomic_path(path, ".json") as tmp:
+    with open(tmp, "w") as f:
+      f.write(text + "\n")
+
+
+def write_npz(path: str, **arrays) -> None:
+  """Atomically writes compressed arrays."""
+  with _atomic_path(path, ".npz") as tmp:
+    np.savez_compressed(tmp, **arrays)
+
+
+def write_figure(path: str, figure) -> None:
+  """Atomically saves a matplotlib figure as PNG."""
+  with _atomic_path(path, ".png") as tmp:
+    figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def prepare_workdir(workdir: str, flag: str = "workdir") -> str:
+  """Creates `workdir` if needed and checks that it is writable.
+
+  Raises:
+    ConfigError: naming `flag`, if the directory cannot be created or written.
+  """
+  if not workdir:
+    raise _checks.ConfigError(flag, "must be a writable directory path (got '')")
+  path = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise _checks.ConfigError(
+        flag, f"must be a writable directory (cannot write {path}: {e.strerror})") from None
+  return path
+
+
+def package_versions() -> dict[str, str]:
+  """Versions of Python and the packages that determine results."""
+  out = {"python": sys.version.split()[0], "platform": platform.platform()}
+  for name in ("negmeta", "jax", "jaxlib", "numpy", "optax", "flax", "chex", "matplotlib"):
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
+def runtime_record() -> dict[str, Any]:
+  """Versions, backend, devices, x64/RNG flags and git revision, for results.json."""
+  import jax  # local: keep `negmeta.io` importable before JAX is configured.
+  record = {"versions": package_versions(),
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+            "jax_enable_x64": bool(jax.config.jax_enable_x64),
+            "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  try:
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(__file__), timeout=5)
+    record["git_sha"] = sha.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    record["git_sha"] = None
+  return record
+
+
+def fingerprint(config: Mapping[str, Any]) -> str:
+  """A short stable hash of a JSON-able config, for matching saved chunks."""
+  text = json.dumps(config, sort_keys=True, default=_json_default)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ChunkStore:
+  """Finished chunks of a long sweep, saved atomically so a rerun resumes.
+
+  Each chunk is `chunk_<index>.npz` in `directory`, tagged with the sweep's
+  fingerprint; chunks of a different sweep are ignored (never mixed in).
+  """
+
+  def __init__(self, directory: str, fingerprint_: str):
+    self.directory = directory
+    self.fingerprint = fingerprint_
+    os.makedirs(directory, exist_ok=True)
+
+  def _path(self, index: int) -> str:
+    return os.path.join(self.directory, f"chunk_{index:05d}.npz")
+
+  def load(self, index: int) -> dict[str, np.ndarray] | None:
+    """The saved arrays of chunk `index`, or None if absent or from another sweep."""
+    path = self._path(index)
+    if not os.path.exists(path):
+      return None
+    with np.load(path) as data:
+      if str(data["_fingerprint"]) != self.fingerprint:
+        return None
+      return {k: data[k] for k in data.files if k != "_fingerprint"}
+
+  def save(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
+    write_npz(self._path(index), _fingerprint=np.asarray(self.fingerprint), **arrays)

@@ -1,0 +1,242 @@
+"""One-step MAML on linear regression: inner step, exact meta-solution, adaptation.
+
+Bernacchia 2021, Secs. 2-3 (reference §1.2-1.5). Per-sample loss ℓ = ½(y − θᵀx)².
+
+The meta-training loss is quadratic in ω: L_meta(ω) = ‖Zω − u‖²/(2N) with rows
+Z_(i,j) = x_jᵀ(I − α_t H_i) and u_(i,j) = y_j − (α_t/n_t) x_jᵀ X_iᵀ y_i over the
+query points j of task i (§1.4). Its minimiser nearest to ω_0 (the one gradient
+descent from ω_0 reaches) is ω* = ω_0 + Z⁺(u − Zω_0) in both regimes: for p < N
+it is the unique minimiser.
+
+Two implementations of ω* are provided: `min_distance_solution` (a direct
+least-squares solve, the reference) and `meta_solution_path`, which exploits that
+Z and u are *affine in α_t* (Z = Z_0 − α_t Z_1, u = u_0 − α_t u_1), so the normal
+equations of a whole α_t grid cost one small symmetric eigen-solve per grid value.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from negmeta import problems
+from negmeta.linear._sampler import TaskBatch
+
+
+def squared_loss(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+  """½ mean_j (y_j − θᵀx_j)². theta: [p], x: [n, p], y: [n] → []."""
+  return 0.5 * jnp.mean((y - x @ theta) ** 2)
+
+
+def inner_step(omega: jax.Array, x: jax.Array, y: jax.Array,
+               alpha: ArrayLike) -> jax.Array:
+  """θ = ω − (α/n) Σ_j ∂ℓ/∂θ = ω − (α/n) Xᵀ(Xω − y) (§1.2, §1.3).
+
+  Args:
+    omega: starting parameters, [p].
+    x: inputs, [n, p].
+    y: labels, [n].
+    alpha: learning rate (any sign), [].
+
+  Returns:
+    Adapted parameters θ, [p].
+  """
+  return omega - alpha / x.shape[0] * (x.T @ (x @ omega - y))
+
+
+class MetaDesign(NamedTuple):
+  """Z(α_t) = z0 − α_t z1 and u(α_t) = u0 − α_t u1 (rows stacked over tasks, §1.4).
+
+  Attributes:
+    z0: query inputs X_v, [N, p].
+    z1: X_v H_t per task, [N, p].
+    u0: query labels y_v, [N].
+    u1: X_v X_tᵀ y_t / n_t per task, [N].
+  """
+  z0: jax.Array
+  z1: jax.Array
+  u0: jax.Array
+  u1: jax.Array
+
+  def at(self, alpha_t: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """(Z, u) at one α_t: [N, p], [N]."""
+    return self.z0 - alpha_t * self.z1, self.u0 - alpha_t * self.u1
+
+
+def meta_design(train: TaskBatch) -> MetaDesign:
+  """The α_t-affine meta-regression design of one run's meta-training tasks.
+
+  Args:
+    train: m tasks; x_a [m, n_t, p] support, x_b [m, n_v, p] query.
+
+  Returns:
+    MetaDesign with N = m·n_v rows.
+  """
+  n_t = train.x_a.shape[1]
+  p = train.x_a.shape[2]
+  h_t = jnp.einsum("mnp,mnq->mpq", train.x_a, train.x_a) / n_t       # H_t per task
+  b = jnp.einsum("mnp,mn->mp", train.x_a, train.y_a) / n_t            # X_tᵀ y_t / n_t
+  z1 = jnp.einsum("mvp,mpq->mvq", train.x_b, h_t)
+  u1 = jnp.einsum("mvp,mp->mv", train.x_b, b)
+  return MetaDesign(z0=train.x_b.reshape(-1, p), z1=z1.reshape(-1, p),
+                    u0=train.y_b.reshape(-1), u1=u1.reshape(-1))
+
+
+def meta_loss(omega: jax.Array, train: TaskBatch, alpha_t: ArrayLike) -> jax.Array:
+  """Empirical meta-training loss (1/m) Σ_i ℓ_query(θ_i(ω)) by explicit inner steps."""
+  adapted = jax.vmap(inner_step, in_axes=(None, 0, 0, None))(
+      omega, train.x_a, train.y_a, alpha_t)
+  return jnp.mean(jax.vmap(squared_loss)(adapted, train.x_b, train.y_b))
+
+
+def min_distance_solution(z: jax.Array, u: jax.Array,
+                          omega0: jax.Array) -> jax.Array:
+  """ω* = ω_0 + Z⁺(u − Zω_0): the minimiser of ‖Zω − u‖² nearest to ω_0 (§1.4).
+
+  Reference implementation by a direct least-squares solve (SVD-based).
+
+  Args:
+    z: [N, p]. u: [N]. omega0: [p].
+
+  Returns:
+    ω*, [p].
+  """
+  delta, *_ = jnp.linalg.lstsq(z, u - z @ omega0)
+  return omega0 + delta
+
+
+class _PathTerms(NamedTuple):
+  g0: jax.Array  # Gram coefficient of α⁰
+  g1: jax.Array  # of α¹ (with sign folded in)
+  g2: jax.Array  # of α²
+  r0: jax.Array  # right-hand side coefficients
+  r1: jax.Array
+  r2: jax.Array
+
+
+def _path_terms(design: MetaDesign, omega0: jax.Array) -> _PathTerms:
+  """α-polynomial coefficients of the normal equations of the smaller side."""
+  z0, z1 = design.z0, design.z1
+  e0 = design.u0 - z0 @ omega0     # residual r(α) = e0 − α e1 at ω_0
+  e1 = design.u1 - z1 @ omega0
+  n, p = z0.shape
+  if n < p:   # overparameterized: K = ZZᵀ [N, N], solve K v = r, ω* = ω_0 + Zᵀv
+    k00, k01, k11 = z0 @ z0.T, z0 @ z1.T, z1 @ z1.T
+    zero = jnp.zeros_like(e0)
+    return _PathTerms(k00, -(k01 + k01.T), k11, e0, -e1, zero)
+  # underparameterized: M = ZᵀZ [p, p], solve M δ = Zᵀr, ω* = ω_0 + δ
+  m00, m01, m11 = z0.T @ z0, z0.T @ z1, z1.T @ z1
+  return _PathTerms(m00, -(m01 + m01.T), m11,
+                    z0.T @ e0, -(z0.T @ e1 + z1.T @ e0), z1.T @ e1)
+
+
+class MetaSolution(NamedTuple):
+  """ω* along an α_t grid.
+
+  Attributes:
+    omega: meta-parameters ω*(α_t), [G, p].
+    rcond: reciprocal condition number of the Gram matrix solved, [G]; small
+      values flag ill-conditioned meta-regressions.
+  """
+  omega: jax.Array
+  rcond: jax.Array
+
+
+def meta_solution_path(design: MetaDesign, omega0: jax.Array,
+                       alpha_t: jax.Array) -> MetaSolution:
+  """ω*(α_t) = ω_0 + Z⁺(u − Zω_0) for every α_t of a grid, sharing one design.
+
+  Args:
+    design: the run's MetaDesign.
+    omega0: [p].
+    alpha_t: grid, [G].
+
+  Returns:
+    MetaSolution with omega [G, p] and rcond [G].
+  """
+  terms = _path_terms(design, omega0)
+  n, p = design.z0.shape
+
+  def solve(alpha):
+    gram = terms.g0 + alpha * terms.g1 + alpha**2 * terms.g2
+    rhs = terms.r0 + alpha * terms.r1 + alpha**2 * terms.r2
+    eigval, eigvec = jnp.linalg.eigh(gram)
+    x = eigvec @ ((eigvec.T @ rhs) / eigval)
+    rcond = eigval[0] / eigval[-1]
+    if n < p:
+      x = design.z0.T @ x - alpha * (design.z1.T @ x)
+    return omega0 + x, rcond
+
+  omega, rcond = jax.vmap(solve)(alpha_t)
+  return MetaSolution(omega=omega, rcond=rcond)
+
+
+def inner_step_gap(train: TaskBatch, alpha_t: jax.Array) -> jax.Array:
+  """min over tasks i and eigenvalues λ of H_t^(i) of |1 − α_t λ|, per grid value.
+
+  The inner step I − α_t H_t is singular at α_t = 1/λ(H_t); values near 0 mark
+  grid points where the meta-regression loses a direction.
+
+  Args:
+    train: meta-training tasks, x_a [m, n_t, p].
+    alpha_t: [G].
+
+  Returns:
+    [G].
+  """
+  n_t = train.x_a.shape[1]
+  lam = jnp.linalg.eigvalsh(jnp.einsum("mnp,mnq->mpq", train.x_a, train.x_a) / n_t)
+  return jnp.min(jnp.abs(1.0 - alpha_t[:, None] * lam.reshape(1, -1)), axis=1)
+
+
+def protocol_test_loss(omega: jax.Array, test: TaskBatch,
+                       alpha_r: jax.Array) -> jax.Array:
+  """The paper's test protocol: adapt on n_r points, average ½·squared error.
+
+  For each grid value g, adapts ω_g on every test task with rate α_r[g]
+  (one inner step on the task's n_r points) and averages ½(y − θᵀx)² over the
+  task's test points and over the tasks (§1.5; Figs. 2-3 captions).
+
+  Args:
+    omega: meta-parameters, [G, p].
+    test: T test tasks; x_a [T, n_r, p] adaptation, x_b [T, n_s, p] test points.
+    alpha_r: adaptation rates, [G].
+
+  Returns:
+    Mean test loss per grid value, [G].
+  """
+  num_tasks, n_r, p = test.x_a.shape
+  # Layout chosen for large GEMMs: grid values are the trailing (column) axis.
+  resid = (test.x_a.reshape(-1, p) @ omega.T).reshape(num_tasks, n_r, -1)
+  resid = resid - test.y_a[..., None]                                     # [T,n_r,G]
+  grad = jnp.matmul(jnp.swapaxes(test.x_a, 1, 2), resid) / n_r           # [T,p,G]
+  theta = omega.T[None] - alpha_r * grad                                  # [T,p,G]
+  err = jnp.matmul(test.x_b, theta) - test.y_b[..., None]                 # [T,n_s,G]
+  return 0.5 * jnp.mean(err**2, axis=(0, 1))
+
+
+def exact_test_loss(omega: jax.Array, problem: problems.MixedLinearRegression,
+                    alpha_r: ArrayLike) -> jax.Array:
+  """Test loss of ω exactly in expectation over the new task and its data (§1.5).
+
+  With θ = ω − α_r/n_r X_rᵀ(X_r ω − y_r) and test point (x, y) of a task w':
+  E ½(y − θᵀx)² = ½σ² + ½E‖θ − w'‖², θ − w' = (I − α_r H_r)(ω − w') + α_r/n_r X_rᵀz_r,
+  and for Wishart H_r, E(I − α_r H_r)² = [(1−α_r)² + α_r²(p+1)/n_r] I,
+  E‖X_rᵀz_r‖²/n_r² = σ² p/n_r, E‖ω − w'‖² = ‖ω − w_0‖² + ν².
+
+  Args:
+    omega: [..., p].
+    problem: the specification (σ, ν, w_0, p, n_r).
+    alpha_r: broadcastable with omega[..., 0].
+
+  Returns:
+    [...].
+  """
+  p, n_r = problem.p, problem.n_r
+  sq_dist = jnp.sum((omega - problem.w0) ** 2, axis=-1) + problem.nu**2
+  shrink = (1.0 - alpha_r) ** 2 + alpha_r**2 * (p + 1.0) / n_r
+  injected = alpha_r**2 * problem.sigma**2 * p / n_r
+  return 0.5 * problem.sigma**2 + 0.5 * (shrink * sq_dist + injected)

@@ -1,0 +1,209 @@
+"""Learning-rate sweeps of linear MAML in one compiled call.
+
+A sweep evaluates a grid of (α_t, α_r) pairs on R independent runs. A run is one
+draw of the m meta-training tasks, the exact ω*(α_t) for every grid value, and
+its evaluation on `test_tasks` new tasks. Every grid value of a run sees the same
+data (common random numbers), so differences along the grid are smooth and
+paired comparisons are precise. Run r's randomness is `fold_in(key(seed), r)`,
+independent of how runs are batched, chunked or sharded.
+
+The kernel `simulate_chunk` is jitted once per problem shape: grid values, σ, ν,
+w_0, ω_0 and the keys are array arguments. Runs are vmapped in batches of B
+inside a `lax.map`, which bounds memory; the driver `run_sweep` feeds equal-sized
+chunks (the last one padded), optionally saving each finished chunk to disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from negmeta import io, problems
+from negmeta.linear import _maml, _sampler
+
+
+class RunValues(NamedTuple):
+  """Per-run, per-grid-value results (arrays [..., G]).
+
+  Attributes:
+    distance: ‖ω* − w_0‖².
+    exact_loss: test loss of ω* exactly in expectation over test tasks and data.
+    protocol_loss: the paper's protocol: mean over `test_tasks` tasks × points.
+    rcond: reciprocal condition number of the meta-regression Gram matrix.
+    inner_gap: min over tasks and eigenvalues of |1 − α_t λ(H_t)|.
+  """
+  distance: jax.Array
+  exact_loss: jax.Array
+  protocol_loss: jax.Array
+  rcond: jax.Array
+  inner_gap: jax.Array
+
+
+def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
+                 alpha_t: jax.Array, alpha_r: jax.Array, *, test_tasks: int,
+                 test_points: int) -> RunValues:
+  """One run for a whole grid: meta-train at every α_t, evaluate with α_r.
+
+  Args:
+    key: the run's PRNG key.
+    problem: the specification.
+    alpha_t: [G]. alpha_r: [G].
+    test_tasks: number of new tasks evaluated (static).
+    test_points: test points per new task (static).
+
+  Returns:
+    RunValues of shape [G] each.
+  """
+  k_train, k_test = jax.random.split(key)
+  train = _sampler.sample_meta_training(k_train, problem)
+  test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
+  solution = _maml.meta_solution_path(_maml.meta_design(train), problem.omega0, alpha_t)
+  return RunValues(
+      distance=jnp.sum((solution.omega - problem.w0) ** 2, axis=-1),
+      exact_loss=_maml.exact_test_loss(solution.omega, problem, alpha_r),
+      protocol_loss=_maml.protocol_test_loss(solution.omega, test, alpha_r),
+      rcond=solution.rcond,
+      inner_gap=_maml.inner_step_gap(train, alpha_t))
+
+
+def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points):
+  run = functools.partial(simulate_run, problem=problem, alpha_t=alpha_t,
+                          alpha_r=alpha_r, test_tasks=test_tasks,
+                          test_points=test_points)
+  return jax.lax.map(jax.vmap(run), keys)
+
+
+simulate_chunk: Callable[..., RunValues] = jax.jit(
+    _simulate_chunk, static_argnames=("test_tasks", "test_points"))
+simulate_chunk.__doc__ = """Runs keys [C, B] → RunValues [C, B, G] (jitted; B runs vmapped).
+
+Args:
+  keys: typed PRNG keys, [C, B]: C sequential batches of B vmapped runs.
+  problem: MixedLinearRegression.
+  alpha_t, alpha_r: grid, [G] each.
+  test_tasks, test_points: static evaluation sizes.
+"""
+
+
+def run_keys(seed: int, start: int, count: int) -> jax.Array:
+  """Keys of runs start..start+count−1: fold_in(key(seed), r). Shape [count]."""
+  base = jax.random.key(seed)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+      base, jnp.arange(start, start + count, dtype=jnp.uint32))
+
+
+def default_batch_size(problem: problems.MixedLinearRegression, grid_size: int,
+                       test_tasks: int, test_points: int,
+                       budget_bytes: float = 256e6) -> int:
+  """Runs vmapped together so that one batch's largest buffers fit `budget_bytes`."""
+  p, n = problem.p, problem.num_validation
+  floats = (grid_size * test_tasks * (problem.n_r + test_points + 2 * p)
+            + test_tasks * (problem.n_r + test_points) * p
+            + problem.m * (problem.n_t + problem.n_v) * p
+            + grid_size * (min(n, p) ** 2 + p) + problem.m * p * p)
+  return max(1, int(budget_bytes // (8 * floats)))
+
+
+def _grid_arrays(alpha_t, alpha_r, dtype):
+  at = jnp.atleast_1d(jnp.asarray(alpha_t, dtype))
+  ar = jnp.atleast_1d(jnp.asarray(alpha_r, dtype))
+  return jnp.broadcast_arrays(at, ar)
+
+
+def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
+              runs: int, seed: int = 0, test_tasks: int = 100, test_points: int = 50,
+              batch_size: int | None = None, chunk_runs: int | None = None,
+              store: io.ChunkStore | None = None,
+              mesh: jax.sharding.Mesh | None = None,
+              on_chunk: Callable[[int, int, bool], None] | None = None
+              ) -> RunValues:
+  """Simulates `runs` runs on a grid of (α_t, α_r) pairs.
+
+  Args:
+    problem: the specification; its dtype is the simulation's dtype.
+    alpha_t, alpha_r: grid values, broadcast against each other to [G].
+    runs: R, number of independent runs.
+    seed: base seed; run r uses fold_in(key(seed), r).
+    test_tasks, test_points: evaluation protocol sizes.
+    batch_size: runs vmapped together (default: from a 256 MB memory budget).
+      With a mesh, it is rounded up to a multiple of the number of devices.
+    chunk_runs: runs per compiled call (default: all runs, one call). Chunks
+      are saved to `store` when given, and loaded from it on a rerun.
+    store: optional ChunkStore for resumable sweeps.
+    mesh: optional 1-D mesh; runs of each batch are sharded over its devices.
+    on_chunk: optional callback(index, total, loaded_from_store).
+
+  Returns:
+    RunValues of NumPy arrays [R, G].
+  """
+  alpha_t, alpha_r = _grid_arrays(alpha_t, alpha_r, problem.w0.dtype)
+  grid_size = alpha_t.shape[0]
+  b = batch_size or default_batch_size(problem, grid_size, test_tasks, test_points)
+  b = min(b, runs)
+  if mesh is not None:
+    b = math.ceil(b / mesh.size) * mesh.size
+  chunk = chunk_runs or runs
+  chunk = math.ceil(chunk / b) * b
+  n_chunks = math.ceil(runs / chunk)
+  sharding = (NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
+              if mesh is not None else None)
+  parts = []
+  for c in range(n_chunks):
+    start = c * chunk
+    valid = min(chunk, runs - start)
+    saved = store.load(c) if store is not None else None
+    loaded = saved is not None
+    if not loaded:
+      keys = run_keys(seed, start, chunk).reshape(chunk // b, b)
+      if sharding is not None:
+        keys = jax.device_put(keys, sharding)
+      out = simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
+                           test_points=test_points)
+      saved = {k: np.asarray(v).reshape(chunk, grid_size)[:valid]
+               for k, v in out._asdict().items()}
+      if store is not None:
+        store.save(c, saved)
+    if on_chunk is not None:
+      on_chunk(c, n_chunks, loaded)
+    parts.append(saved)
+  return RunValues(**{k: np.concatenate([p[k] for p in parts]) for k in RunValues._fields})
+
+
+class Estimate(NamedTuple):
+  """Mean over the finite runs, its standard error, and counts (arrays [G]).
+
+  Attributes:
+    mean: mean over runs with a finite value.
+    se: standard error of the mean (sample std / √n).
+    n: number of finite runs.
+  """
+  mean: np.ndarray
+  se: np.ndarray
+  n: np.ndarray
+
+
+def estimate(values: np.ndarray) -> Estimate:
+  """Mean ± s.e. over axis 0 of [R, G] values, ignoring non-finite runs."""
+  values = np.asarray(values, dtype=np.float64)
+  ok = np.isfinite(values)
+  n = ok.sum(axis=0)
+  safe = np.where(ok, values, 0.0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = safe.sum(axis=0) / n
+    var = np.where(ok, (safe - mean) ** 2, 0.0).sum(axis=0) / (n - 1)
+    se = np.sqrt(var / n)
+  return Estimate(mean=mean, se=se, n=n)
+
+
+def paired_difference(values: np.ndarray, i: int, j: int) -> tuple[float, float]:
+  """Mean and s.e. over runs of values[:, i] − values[:, j] (common random numbers)."""
+  d = np.asarray(values[:, i], np.float64) - np.asarray(values[:, j], np.float64)
+  d = d[np.isfinite(d)]
+  return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
