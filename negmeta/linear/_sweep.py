@@ -36,7 +36,7 @@ class RunValues(NamedTuple):
     distance: ‖ω* − w_0‖².
     exact_loss: test loss of ω* exactly in expectation over test tasks and data.
     protocol_loss: the paper's protocol: mean over `test_tasks` tasks × points.
-    rcond: reciprocal condition number of the meta-regression Gram matrix.
+    rcond: Cholesky pivot ratio of the meta-regression Gram matrix (≥ 1/cond).
     inner_gap: min over tasks and eigenvalues of |1 − α_t λ(H_t)|.
   """
   distance: jax.Array

@@ -1,4 +1,4 @@
-"""Convergence maps of one-step MAML and FOMAML on quadratic losses (Takagi et al. 2019).
+"""Convergence maps of one-step MAML and FOMAML on quadratics (Takagi et al. 2019).
 
 Every task i has a quadratic support (inner) loss and query (outer) loss,
 
@@ -23,7 +23,7 @@ Critical meta-rate convention. β_c(α) = sup{β > 0 : every eigenvalue μ of J 
 μ ≠ 0 has |1 − βμ| < 1}, i.e. per eigenvalue
 
   μ = 0           → no bound (+inf): a marginal direction, |1 − βμ| = 1 for all β;
-  Re μ ≤ 0, μ ≠ 0 → 0: no β > 0 converges (J has a negative eigenvalue);
+  Re μ ≤ 0, μ ≠ 0 → 0: no β > 0 converges (e.g. J has a negative eigenvalue);
   Re μ > 0        → 2 Re μ / |μ|²  (= 2/μ for real μ),
 
 and β_c is the minimum over the spectrum (+inf if J = 0). Eigenvalues with
@@ -36,11 +36,13 @@ drift, and that case is not detected.
 
 References:
   Takagi, Nagano, Yoshida, Okada, "On the conditions of MAML convergence",
-  MetaLearn 2019 (eqs. 11, 14, 15); ../shared/reference/maml_variants.md §A.2 (the
+  MetaLearn 2019 (§3, eqs. 9–15); ../shared/reference/maml_variants.md §A.2 (the
   "surrogate versus exact one-step MAML" remark) and §G.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,7 @@ def _is_symmetric(method: str, symmetric: bool | None) -> bool:
   return method == MAML if symmetric is None else bool(symmetric)
 
 
+@functools.partial(jax.jit, static_argnames="method")
 def meta_hessian(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike,
                  method: str = MAML) -> jax.Array:
   """The matrix J(α) with outer-step iteration matrix T = I − βJ.
@@ -116,6 +119,7 @@ def meta_hessian(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike,
   return jnp.mean(per_task, axis=-3)
 
 
+@functools.partial(jax.jit, static_argnames="method")
 def outer_iteration_matrix(alpha: ArrayLike, beta: ArrayLike, S: ArrayLike,
                            Q: ArrayLike, method: str = MAML) -> jax.Array:
   """Exact linear map of one outer step, T(α, β) = I − βJ(α) = ∂θ_new/∂θ.
@@ -135,6 +139,7 @@ def outer_iteration_matrix(alpha: ArrayLike, beta: ArrayLike, S: ArrayLike,
   return jnp.eye(J.shape[-1], dtype=J.dtype) - beta[..., None, None] * J
 
 
+@functools.partial(jax.jit, static_argnames="method")
 def meta_gradient(theta: ArrayLike, alpha: ArrayLike, S: ArrayLike, Q: ArrayLike,
                   s_star: ArrayLike, q_star: ArrayLike,
                   method: str = MAML) -> jax.Array:
@@ -162,6 +167,7 @@ def meta_gradient(theta: ArrayLike, alpha: ArrayLike, S: ArrayLike, Q: ArrayLike
   return jnp.mean(outer, axis=-2)
 
 
+@functools.partial(jax.jit, static_argnames="method")
 def fixed_point(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike, s_star: ArrayLike,
                 q_star: ArrayLike, method: str = MAML) -> jax.Array:
   """The fixed point θ̄ = J⁻¹b of the outer step (where the meta-gradient vanishes).
@@ -182,6 +188,7 @@ def fixed_point(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike, s_star: ArrayLike,
   return jnp.linalg.solve(J, b[..., None])[..., 0]
 
 
+@functools.partial(jax.jit, static_argnames=("method", "symmetric"))
 def meta_hessian_eigenvalues(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike,
                              method: str = MAML, *,
                              symmetric: bool | None = None) -> jax.Array:
@@ -205,6 +212,7 @@ def meta_hessian_eigenvalues(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike,
   return jnp.linalg.eigvals(J)
 
 
+@functools.partial(jax.jit, static_argnames=("method", "symmetric"))
 def spectral_radius(alpha: ArrayLike, beta: ArrayLike, S: ArrayLike, Q: ArrayLike,
                     method: str = MAML, *,
                     symmetric: bool | None = None) -> jax.Array:
@@ -226,6 +234,7 @@ def spectral_radius(alpha: ArrayLike, beta: ArrayLike, S: ArrayLike, Q: ArrayLik
   return jnp.max(jnp.abs(1.0 - beta[..., None] * mu), axis=-1)
 
 
+@jax.jit
 def beta_critical_from_spectrum(mu: ArrayLike, zero_tol: ArrayLike = 0.0) -> jax.Array:
   """β_c = sup{β > 0 : |1 − βμ| < 1 for all μ ≠ 0} from the eigenvalues μ of J.
 
@@ -256,17 +265,21 @@ def beta_critical_from_spectrum(mu: ArrayLike, zero_tol: ArrayLike = 0.0) -> jax
 
 def _matrix_zero_tol(alpha: jax.Array, S: jax.Array, Q: jax.Array, method: str,
                      rtol: float | None) -> jax.Array:
-  """rtol·max_i ‖Q_i‖·‖I − αS_i‖^k (k = 2 MAML, 1 FOMAML): roundoff scale of eig(J)."""
+  """rtol·max_i rms(Q_i)·rms(I − αS_i)^k, k = 2 (MAML) or 1 (FOMAML).
+
+  rms(M) = ‖M‖_F/√d is the root-mean-square singular value: the scale of the terms
+  summed into J, hence of the roundoff in its eigenvalues.
+  """
   d = S.shape[-1]
   if rtol is None:
     rtol = _ZERO_TOL_EPS * d * float(jnp.finfo(S.dtype).eps)
-  A = _inner_jacobian(alpha, S)
+  rms = lambda m: jnp.sqrt(jnp.mean(m**2, axis=(-2, -1)) * d)
   power = 2 if method == MAML else 1
-  scale = jnp.sqrt(jnp.sum(Q**2, axis=(-2, -1))) * jnp.sqrt(
-      jnp.sum(A**2, axis=(-2, -1))) ** power
+  scale = rms(Q) * rms(_inner_jacobian(alpha, S)) ** power
   return rtol * jnp.max(scale, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("method", "symmetric", "rtol"))
 def critical_beta(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike, method: str = MAML,
                   *, symmetric: bool | None = None,
                   rtol: float | None = None) -> jax.Array:
@@ -281,8 +294,9 @@ def critical_beta(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike, method: str = MA
     S, Q: support and query Hessians, each [T, d, d].
     method: "maml" or "fomaml".
     symmetric: see `meta_hessian_eigenvalues`.
-    rtol: eigenvalues with |μ| ≤ rtol·max_i ‖Q_i‖_F‖I − αS_i‖_F^k count as exact
-      zeros (default 8·d·eps of the dtype).
+    rtol: eigenvalues with |μ| ≤ rtol·max_i rms(Q_i)·rms(I − αS_i)^k count as exact
+      zeros, where rms(M) = ‖M‖_F/√d and k = 2 (MAML) or 1 (FOMAML); default
+      8·d·eps of the dtype.
 
   Returns:
     β_c, shape alpha.shape, in [0, +inf].
@@ -292,6 +306,7 @@ def critical_beta(alpha: ArrayLike, S: ArrayLike, Q: ArrayLike, method: str = MA
   return beta_critical_from_spectrum(mu, _matrix_zero_tol(alpha, S, Q, method, rtol))
 
 
+@functools.partial(jax.jit, static_argnames=("method", "symmetric", "rtol"))
 def predicted_class(alpha: ArrayLike, beta: ArrayLike, S: ArrayLike, Q: ArrayLike,
                     method: str = MAML, *, symmetric: bool | None = None,
                     rtol: float | None = None) -> jax.Array:
@@ -335,6 +350,7 @@ def _prepare_eigs(alpha: ArrayLike, eigs: ArrayLike) -> tuple[jax.Array, jax.Arr
   return alpha[..., None], eigs
 
 
+@functools.partial(jax.jit, static_argnames="rtol")
 def maml_beta_critical_eigs(alpha: ArrayLike, eigs: ArrayLike, *,
                             rtol: float | None = None) -> jax.Array:
   """Exact one-step MAML, one task, same data: β_c = min_i 2/(λ_i(1 − αλ_i)²).
@@ -355,6 +371,7 @@ def maml_beta_critical_eigs(alpha: ArrayLike, eigs: ArrayLike, *,
   return beta_critical_from_spectrum(mu, _eig_zero_tol(alpha, eigs, 2, rtol))
 
 
+@functools.partial(jax.jit, static_argnames="rtol")
 def fomaml_beta_critical_eigs(alpha: ArrayLike, eigs: ArrayLike, *,
                               rtol: float | None = None) -> jax.Array:
   """FOMAML, one task, same data: β_c = min_i 2/(λ_i − αλ_i²) (0 if any αλ_i > 1).
@@ -373,6 +390,7 @@ def fomaml_beta_critical_eigs(alpha: ArrayLike, eigs: ArrayLike, *,
   return beta_critical_from_spectrum(mu, _eig_zero_tol(alpha, eigs, 1, rtol))
 
 
+@jax.jit
 def takagi_alpha_critical(eigs: ArrayLike) -> jax.Array:
   """Takagi's α_c = min_i 1/λ_i with 1/0 = ∞ (= 1/λ_max when all λ_i > 0).
 
@@ -386,11 +404,12 @@ def takagi_alpha_critical(eigs: ArrayLike) -> jax.Array:
   """
   eigs = _float(eigs)
   nonzero = eigs != 0
-  # ∀i: α ≤ 1/λ(H)_i   (Takagi et al. 2019, eq. 11; 1/0 = ∞)
+  # ∀i: α ≤ 1/λ(H)_i   (Takagi et al. 2019, eqs. 9–11; 1/0 = ∞)
   inv = jnp.where(nonzero, 1.0 / jnp.where(nonzero, eigs, 1.0), jnp.inf)
   return jnp.min(inv, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames="rtol")
 def takagi_beta_curves(alpha: ArrayLike, eigs: ArrayLike, *,
                        rtol: float | None = None) -> jax.Array:
   """Per-eigenvalue Takagi bounds β_c,i(α) = 2/(λ_i − αλ_i²), e.g. the curves of Fig. 3.
@@ -407,16 +426,17 @@ def takagi_beta_curves(alpha: ArrayLike, eigs: ArrayLike, *,
     β_c,i, shape [..., n].
   """
   alpha, eigs = _prepare_eigs(alpha, eigs)
-  # λ(H̃)_i = λ_i − αλ_i²   (Takagi et al. 2019, eq. 10)
+  # λ(H̃)_i = λ_i − αλ_i²   (Takagi et al. 2019, §3, H̃ ≈ H − αH²)
   curv = eigs - alpha * eigs**2
   zero_tol = jax.lax.stop_gradient(_eig_zero_tol(alpha, eigs, 1, rtol))
   is_zero = jnp.abs(curv) <= zero_tol
   positive = (curv > 0) & ~is_zero
-  # β < 2/(λ_i − αλ_i²)   (Takagi et al. 2019, eq. 14)
+  # β < 2/(λ_i − αλ_i²)   (Takagi et al. 2019, eqs. 12–14)
   bound = 2.0 / jnp.where(positive, curv, 1.0)
   return jnp.where(is_zero, jnp.inf, jnp.where(positive, bound, 0.0))
 
 
+@functools.partial(jax.jit, static_argnames="rtol")
 def takagi_beta_critical(alpha: ArrayLike, eigs: ArrayLike, *,
                          rtol: float | None = None) -> jax.Array:
   """Takagi's β_c(α) = min_i 2/(λ_i − αλ_i²) for α ≤ α_c, and 0 for α > α_c (eq. 15).
@@ -437,6 +457,7 @@ def takagi_beta_critical(alpha: ArrayLike, eigs: ArrayLike, *,
   return jnp.min(takagi_beta_curves(alpha, eigs, rtol=rtol), axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("method", "rtol"))
 def predicted_class_eigs(alpha: ArrayLike, beta: ArrayLike, eigs: ArrayLike,
                          method: str = MAML, *,
                          rtol: float | None = None) -> jax.Array:

@@ -61,11 +61,6 @@ def hvp(loss_fn: LossFn, params: PyTree, tangent: PyTree) -> PyTree:
   return jax.jvp(jax.grad(loss_fn), (params,), (tangent,))[1]
 
 
-def _unit_normal(key: jax.Array, n: int, dtype) -> jax.Array:
-  v = jax.random.normal(key, (n,), dtype)
-  return v / jnp.linalg.norm(v)
-
-
 def _orthogonalize(w: jax.Array, basis: jax.Array) -> jax.Array:
   """w minus its projection on the rows of `basis` (zero rows are ignored), twice."""
   # Classical Gram-Schmidt applied twice ("twice is enough", Kahan-Parlett)
@@ -104,6 +99,8 @@ def lanczos_tridiagonal(matvec: Callable[[jax.Array], jax.Array], n: int,
   When the Krylov space becomes invariant (β_j ≈ 0), the iteration restarts with a
   fresh random vector orthogonal to the basis and records β_j = 0. The tridiagonal
   matrix then stays the exact projection VHVᵀ, and no spurious Ritz values appear.
+  The start vector and the restart candidates are drawn in a single [m, n] normal
+  sample up front, so memory is O(mn) for them plus O(mn) for the basis.
 
   Args:
     matvec: symmetric linear map [n] → [n].
@@ -120,8 +117,9 @@ def lanczos_tridiagonal(matvec: Callable[[jax.Array], jax.Array], n: int,
     raise ValueError(f"num_iters and n must be >= 1, got {num_iters} and {n}")
   dtype = dtype or jnp.zeros(()).dtype
   eps = jnp.finfo(dtype).eps
-  key, start_key = jax.random.split(key)
-  V = jnp.zeros((m + 1, n), dtype).at[0].set(_unit_normal(start_key, n, dtype))
+  # row 0: start vector; row j + 1: restart candidate at step j (independent of V)
+  draws = jax.random.normal(key, (m, n), dtype)
+  V = jnp.zeros((m + 1, n), dtype).at[0].set(draws[0] / jnp.linalg.norm(draws[0]))
 
   def step(carry, j):
     V, beta_prev = carry
@@ -134,9 +132,8 @@ def lanczos_tridiagonal(matvec: Callable[[jax.Array], jax.Array], n: int,
     b = jnp.linalg.norm(w)
     # Invariant subspace: restart from a random vector orthogonal to the basis
     breakdown = b <= n * eps * jnp.linalg.norm(hv)
-    fresh = _orthogonalize(jax.random.normal(jax.random.fold_in(key, j), (n,), dtype),
-                           V)
-    fresh_norm = jnp.linalg.norm(fresh)  # 0 only once V spans R^n (unused then)
+    fresh = _orthogonalize(draws[(j + 1) % m], V)
+    fresh_norm = jnp.linalg.norm(fresh)  # ≈ 0 only at the last step (v_next unused)
     v_next = jnp.where(breakdown, fresh / jnp.where(fresh_norm > 0, fresh_norm, 1.0),
                        w / jnp.where(breakdown, 1.0, b))
     b = jnp.where(breakdown, 0.0, b)
@@ -167,11 +164,11 @@ def lanczos(loss_fn: LossFn, params: PyTree, key: jax.Array, *, num_iters: int =
     A `LanczosResult`.
   """
   matvec, flat = flat_hvp_fn(loss_fn, params)
+  m = min(int(num_iters), flat.shape[0])
+  if not 1 <= top_k <= m:
+    raise ValueError(f"top_k must be in [1, min(num_iters, n) = {m}], got {top_k}")
   alphas, betas, _ = lanczos_tridiagonal(matvec, flat.shape[0], key, num_iters,
                                          flat.dtype)
-  m = alphas.shape[0]
-  if not 1 <= top_k <= m:
-    raise ValueError(f"top_k must be in [1, {m}], got {top_k}")
   off = betas[:-1]
   tri = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
   ritz, vecs = jnp.linalg.eigh(tri)
@@ -234,11 +231,11 @@ def power_iteration(loss_fn: LossFn, params: PyTree, key: jax.Array, *,
     A `PowerIterationResult`.
   """
   matvec, flat = flat_hvp_fn(loss_fn, params)
-  k1, k2 = jax.random.split(key)
-  n = flat.shape[0]
-  dom, res_dom = _power(matvec, _unit_normal(k1, n, flat.dtype), num_iters)
+  starts = jax.random.normal(key, (2, flat.shape[0]), flat.dtype)
+  starts = starts / jnp.linalg.norm(starts, axis=1, keepdims=True)
+  dom, res_dom = _power(matvec, starts[0], num_iters)
   shifted = lambda v: matvec(v) - dom * v  # H − λ_dom I
-  mu, res_other = _power(shifted, _unit_normal(k2, n, flat.dtype), num_iters)
+  mu, res_other = _power(shifted, starts[1], num_iters)
   other = dom + mu
   dom_is_max = dom >= other
   return PowerIterationResult(

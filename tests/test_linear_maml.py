@@ -1,0 +1,172 @@
+"""Sampler and linear MAML: closed forms against autodiff, references and Monte Carlo."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from negmeta import problems
+from negmeta.linear import _maml, _sampler
+from negmeta.theory import linear as theory
+
+OVER = dict(p=12, n_t=6, n_v=2, n_r=5, m=3, sigma=0.7, nu=1.3, w0=0.4, omega0=-0.2)
+UNDER = dict(p=5, n_t=3, n_v=4, n_r=6, m=7, sigma=0.7, nu=1.3, w0=0.4, omega0=-0.2)
+
+
+def _problem(**kw):
+  return problems.mixed_linear_regression(**kw)
+
+
+class SamplerTest(absltest.TestCase):
+
+  def test_shapes_dtype_and_determinism(self):
+    problem = _problem(**OVER)
+    batch = _sampler.sample_tasks(jax.random.key(0), problem, 4, 6, 2)
+    chex.assert_shape([batch.w, batch.x_a, batch.y_a, batch.x_b, batch.y_b],
+                      [(4, 12), (4, 6, 12), (4, 6), (4, 2, 12), (4, 2)])
+    chex.assert_type(batch.x_a, jnp.float64)
+    again = _sampler.sample_tasks(jax.random.key(0), problem, 4, 6, 2)
+    chex.assert_trees_all_equal(batch, again)
+    other = _sampler.sample_tasks(jax.random.key(1), problem, 4, 6, 2)
+    self.assertFalse(np.allclose(batch.x_a, other.x_a))
+
+  def test_vmappable_over_runs(self):
+    problem = _problem(**OVER)
+    keys = jax.random.split(jax.random.key(3), 5)
+    batched = jax.vmap(_sampler.sample_meta_training, in_axes=(0, None))(keys, problem)
+    single = _sampler.sample_meta_training(keys[2], problem)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[2], batched), single, rtol=1e-14)
+
+  def test_moments(self):
+    # w ~ N(w_0, ν²/p I), x ~ N(0, I), y − wᵀx ~ N(0, σ²): 4-s.e. checks.
+    problem = _problem(**OVER)
+    t, n = 20_000, 3
+    b = _sampler.sample_tasks(jax.random.key(7), problem, t, n, 1)
+    dev = np.asarray(b.w - problem.w0)
+    checks = {
+        "E w - w0": (dev.mean(), dev.std() / np.sqrt(dev.size), 0.0),
+        "E|w-w0|^2": ((dev**2).sum(1).mean(), (dev**2).sum(1).std() / np.sqrt(t), 1.3**2),
+        "E x^2": ((np.asarray(b.x_a) ** 2).mean(),
+                  (np.asarray(b.x_a) ** 2).std() / np.sqrt(b.x_a.size), 1.0),
+    }
+    noise = np.asarray(b.y_a - jnp.einsum("tnp,tp->tn", b.x_a, b.w))
+    checks["E z^2"] = ((noise**2).mean(), (noise**2).std() / np.sqrt(noise.size), 0.49)
+    for name, (mean, se, expected) in checks.items():
+      self.assertLess(abs(mean - expected), 4 * se, msg=f"{name}: {mean} ± {se}")
+
+
+class LinearMamlTest(parameterized.TestCase):
+
+  def test_inner_step_is_a_gradient_step_of_the_half_mse(self):
+    problem = _problem(**OVER)
+    b = _sampler.sample_tasks(jax.random.key(1), problem, 1, 6, 1)
+    omega = jax.random.normal(jax.random.key(2), (12,))
+    grad = jax.grad(_maml.squared_loss)(omega, b.x_a[0], b.y_a[0])
+    for alpha in (-1.3, 0.0, 0.45):
+      chex.assert_trees_all_close(_maml.inner_step(omega, b.x_a[0], b.y_a[0], alpha),
+                                  omega - alpha * grad, rtol=1e-13)
+
+  @parameterized.named_parameters(("over", OVER), ("under", UNDER))
+  def test_meta_design_reproduces_the_meta_loss(self, kw):
+    problem = _problem(**kw)
+    train = _sampler.sample_meta_training(jax.random.key(4), problem)
+    design = _maml.meta_design(train)
+    omega = jax.random.normal(jax.random.key(5), (problem.p,))
+    for alpha in (-0.8, 0.0, 0.3):
+      z, u = design.at(alpha)
+      n = z.shape[0]
+      self.assertAlmostEqual(float(jnp.sum((z @ omega - u) ** 2) / (2 * n)),
+                             float(_maml.meta_loss(omega, train, alpha)), places=11)
+
+  @parameterized.named_parameters(("over", OVER), ("under", UNDER))
+  def test_meta_solution_path_is_the_nearest_minimiser(self, kw):
+    problem = _problem(**kw)
+    train = _sampler.sample_meta_training(jax.random.key(6), problem)
+    design = _maml.meta_design(train)
+    alphas = jnp.array([-1.5, -0.2, 0.0, 0.25, 0.6])
+    path = _maml.meta_solution_path(design, problem.omega0, alphas)
+    chex.assert_shape(path.omega, (5, problem.p))
+    for alpha, omega in zip(alphas, path.omega):
+      z, u = design.at(alpha)
+      reference = _maml.min_distance_solution(z, u, problem.omega0)
+      chex.assert_trees_all_close(omega, reference, atol=1e-11)
+      # Stationary: the autodiff meta-gradient vanishes at ω*.
+      grad = jax.grad(_maml.meta_loss)(omega, train, alpha)
+      self.assertLess(float(jnp.max(jnp.abs(grad))), 1e-10)
+      if problem.regime == problems.OVERPARAMETERIZED:
+        # Nearest to ω_0: ω* − ω_0 lies in the row space of Z (orthogonal to its
+        # null space), so adding any null-space vector moves away from ω_0.
+        _, s, vt = jnp.linalg.svd(z)
+        null = vt[z.shape[0]:]
+        self.assertLess(float(jnp.max(jnp.abs(null @ (omega - problem.omega0)))), 1e-11)
+
+  def test_underparameterized_solution_ignores_omega0(self):
+    train = _sampler.sample_meta_training(jax.random.key(8), _problem(**UNDER))
+    design = _maml.meta_design(train)
+    a = _maml.meta_solution_path(design, jnp.zeros(5), jnp.array([0.3]))
+    b = _maml.meta_solution_path(design, jnp.full(5, 9.0), jnp.array([0.3]))
+    chex.assert_trees_all_close(a.omega, b.omega, atol=1e-11)
+
+  def test_protocol_loss_matches_explicit_loops(self):
+    problem = _problem(**OVER)
+    test = _sampler.sample_meta_test(jax.random.key(9), problem, 4, 7)
+    omega = jax.random.normal(jax.random.key(10), (3, 12))
+    alpha_r = jnp.array([0.1, -0.3, 0.7])
+    got = _maml.protocol_test_loss(omega, test, alpha_r)
+    for g in range(3):
+      per_task = [_maml.squared_loss(
+          _maml.inner_step(omega[g], test.x_a[t], test.y_a[t], alpha_r[g]),
+          test.x_b[t], test.y_b[t]) for t in range(4)]
+      self.assertAlmostEqual(float(got[g]), float(np.mean(per_task)), places=12)
+
+  def test_inner_step_gap(self):
+    problem = _problem(**OVER)
+    train = _sampler.sample_meta_training(jax.random.key(11), problem)
+    lam = np.concatenate([np.linalg.eigvalsh(np.asarray(x.T @ x) / 6) for x in train.x_a])
+    alphas = jnp.array([-1.0, 0.0, 1.0 / lam.max(), 0.37])
+    got = _maml.inner_step_gap(train, alphas)
+    expected = [np.min(np.abs(1 - a * lam)) for a in np.asarray(alphas)]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    self.assertLess(float(got[2]), 1e-12)
+
+
+class ExactTestLossTest(parameterized.TestCase):
+  """The §1.5 reduction: exact in expectation over the new task and its data."""
+
+  def test_equals_theory_formula_to_float64_precision(self):
+    problem = _problem(**OVER)
+    omega = jax.random.normal(jax.random.key(12), (7, 12))
+    alpha_r = jnp.linspace(-0.5, 1.5, 7)
+    sim = _maml.exact_test_loss(omega, problem, alpha_r)
+    d = jnp.sum((omega - problem.w0) ** 2, axis=1)
+    th = theory.average_test_loss_from_distance(d, alpha_r, sigma=problem.sigma,
+                                                nu=problem.nu, p=12, n_r=5)
+    np.testing.assert_allclose(sim, th, rtol=1e-14)
+
+  def test_alpha_r_structure_is_exact(self):
+    # L(α_r) − σ²/2(1 + α_r² p/n_r) = h_r(α_r)/2 · C with one C for every α_r.
+    problem = _problem(**OVER)
+    omega = jax.random.normal(jax.random.key(13), (12,))
+    alpha_r = jnp.linspace(-1.0, 2.0, 31)
+    loss = _maml.exact_test_loss(jnp.broadcast_to(omega, (31, 12)), problem, alpha_r)
+    c = 2 * (loss - theory.adaptation_noise(alpha_r, sigma=0.7, p=12, n_r=5)) / theory.h(
+        alpha_r, 12, 5)
+    np.testing.assert_allclose(c, 1.3**2 + jnp.sum((omega - 0.4) ** 2), rtol=1e-13)
+
+  @parameterized.parameters(-0.4, 0.2, 0.9)
+  def test_matches_the_protocol_estimator_in_expectation(self, alpha_r):
+    # Many new tasks evaluated with the paper's protocol: mean within 4 s.e.
+    problem = _problem(**OVER)
+    omega = jax.random.normal(jax.random.key(14), (1, 12))
+    keys = jax.random.split(jax.random.key(15), 400)
+    per_batch = jax.vmap(lambda k: _maml.protocol_test_loss(
+        omega, _sampler.sample_meta_test(k, problem, 50, 20), jnp.array([alpha_r]))[0])(keys)
+    mean, se = float(per_batch.mean()), float(per_batch.std() / np.sqrt(400))
+    exact = float(_maml.exact_test_loss(omega[0], problem, alpha_r))
+    self.assertLess(abs(mean - exact), 4 * se, msg=f"{mean} ± {se} vs {exact}")
+    self.assertLess(se, 0.01 * exact)   # the check has power
+
+
+if __name__ == "__main__":
+  absltest.main()

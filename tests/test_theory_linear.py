@@ -1,0 +1,154 @@
+"""Closed forms of the linear theory: against hand values, autodiff and Monte Carlo."""
+
+import jax
+import jax.test_util  # noqa: F401  (check_grads)
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from negmeta import _checks, problems
+from negmeta.theory import _wishart
+from negmeta.theory import linear as theory
+
+FIG2 = dict(p=60, n_t=30, n_v=2, n_r=20, m=3, sigma=1.0, nu=0.5)
+FIG3 = dict(p=30, n_t=5, n_v=25, n_r=10, m=40, sigma=1.0, nu=1.0)
+
+
+class HandValuesTest(absltest.TestCase):
+  """Values worked out by hand in the reference (§2.2 hand check, §3.2, §6.3)."""
+
+  def test_theorem1_peak_hand_check(self):
+    # h_t(0.5) = 0.25 + 0.25·61/30; L = 0.56 + 0.762/2·(0.25·1.1 + 0.1·1.5/h_t).
+    h_t = 0.25 + 0.25 * 61 / 30
+    expected = 0.56 + 0.762 / 2 * (0.25 * 1.1 + 0.1 * 1.5 / h_t)
+    problem = problems.mixed_linear_regression(**FIG2)
+    self.assertAlmostEqual(float(theory.average_test_loss(problem, 0.5, 0.2)),
+                           expected, places=12)
+
+  def test_h_values(self):
+    self.assertAlmostEqual(float(theory.h(0.2, 60, 20)), 0.762, places=12)
+    self.assertAlmostEqual(float(theory.h(0.2, 30, 10)), 0.764, places=12)
+
+  def test_alpha_t_pm_fig2(self):
+    plus, minus = theory.alpha_t_stationary(60, 30)
+    self.assertAlmostEqual(float(plus), 0.494485, places=6)
+    self.assertAlmostEqual(float(minus), -1.011152, places=6)
+
+  def test_underparameterized_at_zero(self):
+    # D(0) = (ν²(n_v + p + 1) + σ²p)/(n_v m) exactly for the stand-in (§2.3).
+    for sigma, nu in [(1.0, 1.0), (0.3, 2.0)]:
+      kw = dict(FIG3, sigma=sigma, nu=nu)
+      d0 = theory.distance_underparameterized(0.0, **{k: kw[k] for k in
+                                                       ("p", "n_t", "n_v", "m", "sigma", "nu")})
+      self.assertAlmostEqual(float(d0), (nu**2 * (25 + 30 + 1) + sigma**2 * 30) / 1000,
+                             places=12)
+
+
+class ClosedFormVsAutodiffTest(parameterized.TestCase):
+
+  @parameterized.parameters((60, 30), (100, 10), (1000, 10), (50, 50), (60, 5), (200, 100))
+  def test_alpha_t_minus_is_autodiff_argmin(self, p, n_t):
+    # Any N < p; the argmin must not depend on σ, ν, m, n_v, n_r, α_r (§3.2).
+    plus, minus = theory.alpha_t_stationary(p, n_t)
+    for sigma, nu, n_v, m, n_r, alpha_r in [(1.0, 0.5, 2, 3, 20, 0.2),
+                                           (0.3, 2.0, 1, 4, 7, -0.4)]:
+      problem = problems.mixed_linear_regression(p=p, n_t=n_t, n_v=n_v, n_r=n_r, m=m,
+                                                 sigma=sigma, nu=nu)
+      opt = theory.optimal_alpha_t(problem, alpha_r, -10.0, 10.0)
+      self.assertAlmostEqual(float(opt.x), float(minus), places=7)
+      worst = theory.minimize_scalar(
+          lambda a: -theory.average_test_loss(problem, a, alpha_r), -10.0, 10.0)
+      self.assertAlmostEqual(float(worst.x), float(plus), places=7)
+    self.assertLess(float(minus), 0.0)
+    self.assertGreater(float(plus), 0.0)
+    self.assertLess(float(plus), 1.0)
+
+  @parameterized.parameters((FIG2, 0.2), (FIG2, -1.0), (FIG3, 0.2), (FIG3, -0.3))
+  def test_alpha_r_star_is_autodiff_argmin(self, kw, alpha_t):
+    problem = problems.mixed_linear_regression(**kw)
+    d = theory.distance(problem, alpha_t)
+    closed = theory.alpha_r_optimal(d, sigma=problem.sigma, nu=problem.nu,
+                                    p=problem.p, n_r=problem.n_r)
+    numeric = theory.optimal_alpha_r(problem, alpha_t)
+    self.assertAlmostEqual(float(closed), float(numeric.x), places=8)
+    self.assertGreater(float(closed), 0.0)
+    self.assertLess(float(closed), 1.0)
+
+  def test_reference_alpha_r_star_values(self):
+    p2 = problems.mixed_linear_regression(**FIG2)
+    p3 = problems.mixed_linear_regression(**FIG3)
+    self.assertAlmostEqual(float(theory.optimal_alpha_r(p2, 0.2).x), 0.0900, places=4)
+    self.assertAlmostEqual(float(theory.optimal_alpha_r(p3, 0.2).x), 0.1468, places=4)
+
+  def test_underparameterized_optimum_small_negative(self):
+    problem = problems.mixed_linear_regression(**FIG3)
+    opt = theory.optimal_alpha_t(problem, 0.2, -1.0, 1.0)
+    self.assertAlmostEqual(float(opt.x), -0.0282, places=4)
+    # Slope at 0: ∂D/∂α_t = 2pσ²/(n_v m) (§3.3), times h_r/2 for the loss.
+    sizes = {k: FIG3[k] for k in ("p", "n_t", "n_v", "m", "sigma", "nu")}
+    slope = jax.grad(lambda a: theory.distance_underparameterized(a, **sizes))(0.0)
+    self.assertAlmostEqual(float(slope), 2 * 30 * 1.0 / 1000, places=12)
+
+  def test_gradients_match_finite_differences_in_all_parameters(self):
+    def loss(x):
+      sigma, nu, p, n_t, alpha_t, alpha_r = x
+      d = theory.distance_overparameterized(alpha_t, p=p, n_t=n_t, n_v=2, m=3,
+                                            sigma=sigma, nu=nu, init_distance=0.7)
+      return theory.average_test_loss_from_distance(d, alpha_r, sigma=sigma, nu=nu,
+                                                    p=p, n_r=20)
+    x = jnp.array([1.0, 0.5, 60.0, 30.0, -0.7, 0.2])
+    jax.test_util.check_grads(loss, (x,), order=2, modes=("fwd", "rev"))
+
+  def test_noise_free_overparameterized_loss_is_flat_in_alpha_t(self):
+    problem = problems.mixed_linear_regression(**dict(FIG2, sigma=0.0))
+    values = theory.average_test_loss(problem, jnp.linspace(-2, 2, 9), 0.2)
+    np.testing.assert_allclose(values, values[0], rtol=1e-14)
+
+
+class WishartMomentsTest(parameterized.TestCase):
+  """γ_k, μ_k against float64 Monte Carlo (4 standard errors)."""
+
+  @parameterized.parameters((7, 5, -0.5), (30, 5, 0.3), (12, 40, 0.8))
+  def test_moments_monte_carlo(self, p, n, alpha):
+    draws = 40_000
+    x = jax.random.normal(jax.random.key(p * 1000 + n), (draws, n, p))
+    hmat = jnp.einsum("bnp,bnq->bpq", x, x) / n
+    a = jnp.eye(p) - alpha * hmat
+    a2 = a @ a
+    tr = lambda m: jnp.trace(m, axis1=-2, axis2=-1)  # noqa: E731
+    samples = {
+        "mu2": tr(hmat @ hmat) / p,
+        "mu3": tr(hmat @ hmat @ hmat) / p,
+        "gamma1": tr(a2 @ hmat) / p,
+        "gamma2": tr(hmat) * tr(a2) / p**2,
+        "gamma3": tr(a2) ** 2 / p**2,
+        "gamma4": tr(a2 @ a2) / p,
+        "h": tr(a2) / p,
+    }
+    formulas = {
+        "mu2": _wishart.mu2(p, n), "mu3": _wishart.mu3(p, n),
+        "gamma1": _wishart.gamma1(alpha, p, n), "gamma2": _wishart.gamma2(alpha, p, n),
+        "gamma3": _wishart.gamma3(alpha, p, n), "gamma4": _wishart.gamma4(alpha, p, n),
+        "h": _wishart.h(alpha, p, n),
+    }
+    for name, s in samples.items():
+      mean, se = float(jnp.mean(s)), float(jnp.std(s) / np.sqrt(draws))
+      self.assertLess(abs(mean - float(formulas[name])), 4 * se + 1e-12,
+                      msg=f"{name}: MC {mean} ± {se}, formula {float(formulas[name])}")
+
+
+class RegimeTest(absltest.TestCase):
+
+  def test_interpolation_threshold_is_rejected_with_the_flag_name(self):
+    with self.assertRaisesRegex(_checks.ConfigError, r"^p: must differ from n_v\*m = 6"):
+      problems.mixed_linear_regression(p=6, n_t=3, n_v=2, n_r=4, m=3, sigma=1.0, nu=1.0)
+
+  def test_regimes(self):
+    self.assertEqual(problems.mixed_linear_regression(**FIG2).regime,
+                     problems.OVERPARAMETERIZED)
+    self.assertEqual(problems.mixed_linear_regression(**FIG3).regime,
+                     problems.UNDERPARAMETERIZED)
+
+
+if __name__ == "__main__":
+  absltest.main()
