@@ -99,6 +99,17 @@ def run_keys(seed: int, start: int, count: int) -> jax.Array:
       base, jnp.arange(start, start + count, dtype=jnp.uint32))
 
 
+def runs_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh named "runs" over `devices` (default: all), with Auto sharding.
+
+  Auto (GSPMD) axes let XLA propagate the run sharding through the kernel; the
+  sweep shards each batch of vmapped runs over the mesh.
+  """
+  devices = list(devices) if devices is not None else jax.devices()
+  return jax.make_mesh((len(devices),), ("runs",),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
 def default_batch_size(problem: problems.MixedLinearRegression, grid_size: int,
                        test_tasks: int, test_points: int,
                        budget_bytes: float = 256e6) -> int:
@@ -137,7 +148,8 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     chunk_runs: runs per compiled call (default: all runs, one call). Chunks
       are saved to `store` when given, and loaded from it on a rerun.
     store: optional ChunkStore for resumable sweeps.
-    mesh: optional 1-D mesh; runs of each batch are sharded over its devices.
+    mesh: optional mesh (see `runs_mesh`); runs of each batch are sharded over
+      its devices.
     on_chunk: optional callback(index, total, loaded_from_store).
 
   Returns:
@@ -148,6 +160,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
   b = batch_size or default_batch_size(problem, grid_size, test_tasks, test_points)
   b = min(b, runs)
   if mesh is not None:
+    mesh = runs_mesh(mesh.devices.flat)     # Auto axes whatever the caller built
     b = math.ceil(b / mesh.size) * mesh.size
   chunk = chunk_runs or runs
   chunk = math.ceil(chunk / b) * b

@@ -1,0 +1,163 @@
+"""The compiled sweep: one trace, common random numbers, chunking, resume, divergence."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from unittest import mock
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from negmeta import io, problems
+from negmeta.linear import _sweep
+
+SMALL = dict(p=12, n_t=6, n_v=2, n_r=5, m=3, sigma=0.7, nu=1.3)
+EVAL = dict(test_tasks=3, test_points=4)
+
+
+def _problem(**kw):
+  return problems.mixed_linear_regression(**{**SMALL, **kw})
+
+
+def _assert_runs_close(a, b, **tol):
+  for name in _sweep.RunValues._fields:
+    np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=name, **tol)
+
+
+class OneTraceTest(absltest.TestCase):
+
+  def test_whole_sweeps_trace_once(self):
+    counted = jax.jit(chex.assert_max_traces(_sweep._simulate_chunk, n=1),
+                      static_argnames=("test_tasks", "test_points"))
+    with mock.patch.object(_sweep, "simulate_chunk", counted):
+      # 5 chunks of 4 runs (last one padded), then new grid values, new rates and
+      # new σ, ν: all reuse the single trace.
+      _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 7), 0.2, runs=18, seed=0,
+                       batch_size=2, chunk_runs=4, **EVAL)
+      _sweep.run_sweep(_problem(sigma=0.1, nu=2.0), jnp.linspace(-3, 0.5, 7),
+                       jnp.linspace(0.0, 0.4, 7), runs=18, seed=5, batch_size=2,
+                       chunk_runs=4, **EVAL)
+      with self.assertRaises(AssertionError):   # a new grid *shape* must retrace
+        _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 8), 0.2, runs=4,
+                         batch_size=2, chunk_runs=4, **EVAL)
+
+
+class CommonRandomNumbersTest(absltest.TestCase):
+
+  def test_results_do_not_depend_on_batching_or_chunking(self):
+    grid = jnp.linspace(-1.5, 1.0, 6)
+    a = _sweep.run_sweep(_problem(), grid, 0.2, runs=11, seed=3, batch_size=11, **EVAL)
+    b = _sweep.run_sweep(_problem(), grid, 0.2, runs=11, seed=3, batch_size=2,
+                         chunk_runs=4, **EVAL)
+    _assert_runs_close(a, b, rtol=1e-12)
+
+  def test_each_grid_value_sees_the_same_data(self):
+    grid = jnp.array([-1.0, 0.3, 0.8])
+    full = _sweep.run_sweep(_problem(), grid, 0.2, runs=6, seed=1, **EVAL)
+    alone = _sweep.run_sweep(_problem(), grid[1:2], 0.2, runs=6, seed=1, **EVAL)
+    for name in _sweep.RunValues._fields:
+      np.testing.assert_allclose(getattr(full, name)[:, 1], getattr(alone, name)[:, 0],
+                                 rtol=1e-12, err_msg=name)
+
+  def test_different_seeds_differ(self):
+    a = _sweep.run_sweep(_problem(), [0.1], 0.2, runs=4, seed=1, **EVAL)
+    b = _sweep.run_sweep(_problem(), [0.1], 0.2, runs=4, seed=2, **EVAL)
+    self.assertFalse(np.allclose(a.distance, b.distance))
+
+
+class DivergenceTest(absltest.TestCase):
+
+  def test_overflowing_grid_value_is_reported_and_isolated(self):
+    benign = jnp.array([-1.0, 0.2, 0.5, 0.9])
+    broken = benign.at[2].set(1e200)          # α_t² overflows float64
+    a = _sweep.run_sweep(_problem(), benign, 0.2, runs=5, seed=0, **EVAL)
+    b = _sweep.run_sweep(_problem(), broken, 0.2, runs=5, seed=0, **EVAL)
+    self.assertTrue(np.all(~np.isfinite(b.exact_loss[:, 2])))
+    keep = [0, 1, 3]
+    for name in _sweep.RunValues._fields:
+      np.testing.assert_array_equal(getattr(a, name)[:, keep], getattr(b, name)[:, keep],
+                                    err_msg=name)
+    est = _sweep.estimate(b.exact_loss)
+    self.assertEqual(list(est.n), [5, 5, 0, 5])
+    self.assertTrue(np.all(np.isfinite(est.mean[keep])))
+
+  def test_estimate_ignores_nonfinite_runs(self):
+    values = np.array([[1.0, np.nan], [3.0, 2.0], [np.inf, 4.0]])
+    est = _sweep.estimate(values)
+    np.testing.assert_allclose(est.mean, [2.0, 3.0])
+    np.testing.assert_allclose(est.se, [np.sqrt(2.0) / np.sqrt(2), np.sqrt(2.0) / np.sqrt(2)])
+    np.testing.assert_array_equal(est.n, [2, 2])
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_interrupted_sweep_resumes_from_saved_chunks(self):
+    grid = jnp.linspace(-1, 1, 5)
+    kw = dict(runs=10, seed=4, batch_size=2, chunk_runs=4, **EVAL)
+    reference = _sweep.run_sweep(_problem(), grid, 0.2, **kw)
+    with tempfile.TemporaryDirectory() as d:
+      store = io.ChunkStore(d, "sweep-a")
+
+      def interrupt(index, total, loaded):
+        del total, loaded
+        if index == 1:
+          raise KeyboardInterrupt
+
+      with self.assertRaises(KeyboardInterrupt):
+        _sweep.run_sweep(_problem(), grid, 0.2, store=store, on_chunk=interrupt, **kw)
+      self.assertEqual(sorted(os.listdir(d)), ["chunk_00000.npz", "chunk_00001.npz"])
+      events = []
+      resumed = _sweep.run_sweep(_problem(), grid, 0.2, store=store,
+                                 on_chunk=lambda i, t, loaded: events.append(loaded), **kw)
+      self.assertEqual(events, [True, True, False])
+      _assert_runs_close(reference, resumed, rtol=0, atol=0)
+      # A different sweep never picks up these chunks.
+      other = io.ChunkStore(d, "sweep-b")
+      self.assertIsNone(other.load(0))
+
+
+class ShardingTest(absltest.TestCase):
+
+  def test_runs_sharded_over_fake_cpu_devices_match_single_device(self):
+    script = textwrap.dedent("""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        assert len(jax.devices()) == 4, jax.devices()
+        from negmeta import problems
+        from negmeta.linear import _sweep
+        prob = problems.mixed_linear_regression(p=12, n_t=6, n_v=2, n_r=5, m=3,
+                                                sigma=0.7, nu=1.3)
+        grid = np.linspace(-1, 1, 5)
+        mesh = _sweep.runs_mesh()
+        kw = dict(runs=16, seed=2, test_tasks=3, test_points=4, batch_size=8)
+        single = _sweep.run_sweep(prob, grid, 0.2, **kw)
+        sharded = _sweep.run_sweep(prob, grid, 0.2, mesh=mesh, **kw)
+        # A caller's default (Explicit-axes) mesh works too.
+        explicit = _sweep.run_sweep(prob, grid, 0.2, mesh=jax.make_mesh((4,), ("r",)), **kw)
+        keys = _sweep.run_keys(2, 0, 16).reshape(2, 8)
+        keys = jax.device_put(keys, jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(None, "runs")))
+        out = _sweep.simulate_chunk(keys, prob, grid, np.full(5, 0.2),
+                                    test_tasks=3, test_points=4)
+        assert len(out.distance.sharding.device_set) == 4, out.distance.sharding
+        for name in _sweep.RunValues._fields:
+          np.testing.assert_allclose(getattr(single, name), getattr(sharded, name),
+                                     rtol=1e-12, err_msg=name)
+          np.testing.assert_allclose(getattr(single, name), getattr(explicit, name),
+                                     rtol=1e-12, err_msg=name)
+        print("SHARDED-OK")
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    self.assertIn("SHARDED-OK", proc.stdout, msg=proc.stderr[-3000:])
+
+
+if __name__ == "__main__":
+  absltest.main()
