@@ -75,12 +75,11 @@ def meta_design(train: TaskBatch) -> MetaDesign:
   Returns:
     MetaDesign with N = m·n_v rows.
   """
-  n_t = train.x_a.shape[1]
-  p = train.x_a.shape[2]
-  h_t = jnp.einsum("mnp,mnq->mpq", train.x_a, train.x_a) / n_t       # H_t per task
-  b = jnp.einsum("mnp,mn->mp", train.x_a, train.y_a) / n_t            # X_tᵀ y_t / n_t
-  z1 = jnp.einsum("mvp,mpq->mvq", train.x_b, h_t)
-  u1 = jnp.einsum("mvp,mp->mv", train.x_b, b)
+  _, n_t, p = train.x_a.shape
+  # X_v H_t = (X_v X_tᵀ) X_t / n_t: never forms the p×p matrix H_t.
+  kernel = jnp.einsum("mvp,mnp->mvn", train.x_b, train.x_a) / n_t       # [m,n_v,n_t]
+  z1 = jnp.einsum("mvn,mnp->mvp", kernel, train.x_a)
+  u1 = jnp.einsum("mvn,mn->mv", kernel, train.y_a)
   return MetaDesign(z0=train.x_b.reshape(-1, p), z1=z1.reshape(-1, p),
                     u0=train.y_b.reshape(-1), u1=u1.reshape(-1))
 
@@ -198,6 +197,53 @@ def inner_step_gap(train: TaskBatch, alpha_t: jax.Array) -> jax.Array:
   gap = jnp.min(jnp.abs(1.0 - alpha_t[:, None] * lam), axis=1)
   # If n_t < p, H_t also has zero eigenvalues, where |1 − α_t·0| = 1.
   return jnp.minimum(gap, 1.0) if n_t < p else gap
+
+
+def expected_distance_given_inputs(train: TaskBatch,
+                                   problem: problems.MixedLinearRegression,
+                                   alpha_t: jax.Array) -> jax.Array:
+  """E[‖ω* − w_0‖² | all inputs X_t, X_v] per grid value, exactly.
+
+  A Rao-Blackwellized estimator of D = E‖ω* − w_0‖²: the task vectors δw_i and the
+  label noise are integrated out analytically, so its variance over runs is much
+  smaller than that of ‖ω* − w_0‖². With W = Z⁺ and W_i its columns of task i,
+  ω* − w_0 = (I − WZ)(ω_0 − w_0) + Σ_i W_i(Z_i δw_i + ζ_i), ζ_i = z^v_i −
+  (α_t/n_t) X_v X_tᵀ z^t_i (reference §2.3), hence
+    E[·|X] = ‖(I − WZ)(ω_0 − w_0)‖² + Σ_i [ν²/p ‖W_i Z_i‖²_F + σ² tr(W_iᵀW_i C_i)],
+  C_i = Cov(ζ_i|X)/σ² = I + (α_t/n_t)² (X_v X_tᵀ)(X_t X_vᵀ).
+
+  Args:
+    train: one run's meta-training tasks (x_a [m, n_t, p], x_b [m, n_v, p]).
+    problem: the specification (σ, ν, w_0, ω_0).
+    alpha_t: [G].
+
+  Returns:
+    [G].
+  """
+  m, n_t, p = train.x_a.shape
+  n_v = train.x_b.shape[1]
+  design = meta_design(train)
+  cross = jnp.einsum("mvp,mnp->mvn", train.x_b, train.x_a)               # X_v X_tᵀ
+  cross2 = jnp.einsum("mvn,mun->mvu", cross, cross) / n_t**2
+  init = problem.omega0 - problem.w0
+
+  def one(alpha):
+    z, _ = design.at(alpha)
+    if z.shape[0] < p:
+      w = z.T @ jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(z @ z.T), True),
+                                           jnp.eye(z.shape[0], dtype=z.dtype))
+    else:
+      w = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(z.T @ z), True), z.T)
+    w_blocks = w.reshape(p, m, n_v)
+    z_blocks = z.reshape(m, n_v, p)
+    wz = jnp.einsum("pmv,mvq->mpq", w_blocks, z_blocks)                   # W_i Z_i
+    gram = jnp.einsum("pmv,pmu->mvu", w_blocks, w_blocks)                 # W_iᵀW_i
+    cov = jnp.eye(n_v, dtype=z.dtype) + alpha**2 * cross2
+    residual = init - jnp.sum(wz, axis=0) @ init
+    return (jnp.sum(residual**2) + problem.nu**2 / p * jnp.sum(wz**2)
+            + problem.sigma**2 * jnp.einsum("mvu,muv->", gram, cov))
+
+  return jax.vmap(one)(alpha_t)
 
 
 def protocol_test_loss(omega: jax.Array, test: TaskBatch,

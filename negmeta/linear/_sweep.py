@@ -92,6 +92,35 @@ Args:
 """
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _expected_distances(keys, problem, alpha_t, batch_size):
+  def one(key):
+    train = _sampler.sample_meta_training(jax.random.split(key)[0], problem)
+    return _maml.expected_distance_given_inputs(train, problem, alpha_t)
+  return jax.lax.map(one, keys, batch_size=batch_size)
+
+
+def expected_distances(problem: problems.MixedLinearRegression, alpha_t, *,
+                       runs: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+  """E[‖ω* − w_0‖² | inputs] for each run and α_t: a low-variance estimator of D.
+
+  Uses the same meta-training draws as `run_sweep` with the same seed, so the
+  values pair run by run with `RunValues.distance`.
+
+  Args:
+    problem: the specification.
+    alpha_t: grid, [G].
+    runs, seed: as in `run_sweep`.
+    batch_size: runs vmapped together.
+
+  Returns:
+    NumPy array [R, G].
+  """
+  alpha_t = jnp.atleast_1d(jnp.asarray(alpha_t, problem.w0.dtype))
+  keys = run_keys(seed, 0, runs)
+  return np.asarray(_expected_distances(keys, problem, alpha_t, min(batch_size, runs)))
+
+
 def run_keys(seed: int, start: int, count: int) -> jax.Array:
   """Keys of runs start..start+count−1: fold_in(key(seed), r). Shape [count]."""
   base = jax.random.key(seed)
