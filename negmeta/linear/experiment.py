@@ -357,8 +357,8 @@ def summary_table(result: LinearSweepResult, max_rows: int = 12) -> str:
   s = o["simulated_exact_loss"]
   msg = f"simulated argmin {sym} = {s['argmin']:.4f} (L = {s['min']:.4f} ± {s['min_se']:.4f})"
   if "min_minus_at_zero" in s:
-    msg += (f"; L(argmin) − L(0) = {s['min_minus_at_zero']:.4f} ± "
-            f"{s['min_minus_at_zero_se']:.4f} (paired)")
+    msg += (f"; L(argmin) − L(0) = {s['min_minus_at_zero']:.5f} ± "
+            f"{s['min_minus_at_zero_se']:.5f} (paired)")
   lines.append(msg)
   return "\n".join(lines)
 

@@ -1,0 +1,121 @@
+"""End to end: the linear_sweep binary, its outputs, and its errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from negmeta import _checks
+from negmeta.linear import experiment
+
+BINARY = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "linear_sweep.py")
+TINY = ["--runs=6", "--test_tasks=3", "--test_points=4", "--grid_num=5"]
+
+
+def _run(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, BINARY, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env)
+
+
+class BinaryTest(absltest.TestCase):
+
+  def test_tiny_run_writes_results_figure_and_table(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _run(f"--workdir={workdir}", *TINY, "--p=20", "--n_t=10")
+      self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
+      self.assertIn("theory argmin α_t", proc.stdout)
+      self.assertEqual(sorted(os.listdir(workdir)),
+                       ["alpha_t_sweep.png", "results.json", "runs.npz"])
+      with open(os.path.join(workdir, "results.json")) as f:
+        rec = json.load(f)
+      self.assertEqual(rec["config"]["p"], 20)
+      self.assertEqual(rec["config"]["runs"], 6)
+      self.assertEqual(rec["regime"], "overparameterized")
+      self.assertIn("jax", rec["runtime"]["versions"])
+      self.assertEqual(len(rec["grid"]), 5)
+      entry = rec["grid"][2]
+      for key in ("alpha_t", "theory", "exact_loss", "protocol_loss", "nonfinite_runs"):
+        self.assertIn(key, entry)
+      self.assertEqual(entry["exact_loss"]["runs"], 6)
+      self.assertGreater(entry["exact_loss"]["se"], 0)
+      data = np.load(os.path.join(workdir, "runs.npz"))
+      self.assertEqual(data["exact_loss"].shape, (6, 5))
+      np.testing.assert_allclose(data["exact_loss"].mean(0)[2], entry["exact_loss"]["mean"])
+      with open(os.path.join(workdir, "alpha_t_sweep.png"), "rb") as f:
+        self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+  def test_preset_with_scale_overrides_and_chunked_resume(self):
+    with tempfile.TemporaryDirectory() as d:
+      proc = _run(f"--workdir={d}", "--preset=fig3a", "--runs=4", "--test_tasks=2",
+                  "--test_points=3", "--grid_num=3", "--chunk_runs=2", "--batch_size=2")
+      self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
+      with open(os.path.join(d, "results.json")) as f:
+        rec = json.load(f)
+      self.assertEqual((rec["config"]["p"], rec["config"]["sigma"]), (30, 1.0))
+      self.assertEqual(rec["config"]["sweep"], "alpha_r")
+      self.assertIn("theory_alpha_r_star", rec["optimum"])
+      self.assertFalse(os.path.exists(os.path.join(d, "chunks")))  # cleaned up
+
+
+class BadInputTest(parameterized.TestCase):
+  """One-line error naming the flag and allowed values; exit ≠ 0; nothing written."""
+
+  @parameterized.named_parameters(
+      ("negative_dimension", ["--p=-3"], "--p: must be an integer >= 1 (got -3)"),
+      ("nan_rate", ["--alpha_r=nan"], "--alpha_r: must be a finite real number (got nan)"),
+      ("infinite_rate", ["--alpha_t=inf", "--sweep=alpha_r"], "--alpha_t: must be a finite"),
+      ("empty_grid", ["--grid="], "--grid: must contain at least one value"),
+      ("zero_grid_points", ["--grid_num=0"], "--grid_num: must be an integer >= 1"),
+      ("nan_in_grid", ["--grid=0.1,nan"], "--grid: must contain only finite values"),
+      ("reversed_grid", ["--grid_min=1", "--grid_max=-1"], "--grid_max: must be >="),
+      ("threshold_regime", ["--p=6", "--n_v=2", "--m=3"], "--p: must differ from n_v*m = 6"),
+      ("one_run", ["--runs=1"], "--runs: must be an integer >= 2"),
+      ("negative_noise", ["--sigma=-1"], "--sigma: must be a finite real number >= 0"),
+      ("preset_contradiction", ["--preset=fig2b", "--p=30"],
+       "--p: contradicts --preset=fig2b, which sets p=60 (got 30)"),
+      ("preset_contradicting_sweep", ["--preset=fig2b", "--sweep=alpha_r"],
+       "--sweep: contradicts --preset=fig2b"),
+  )
+  def test_config_errors(self, flags, message):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _run(f"--workdir={workdir}", *flags)
+      self.assertNotEqual(proc.returncode, 0)
+      last = proc.stderr.strip().splitlines()[-1]
+      self.assertIn(message, last)
+      self.assertTrue(last.startswith("linear_sweep: error: --"), msg=last)
+      self.assertNotIn("Traceback", proc.stderr)
+      self.assertFalse(os.path.exists(workdir))
+
+  def test_unwritable_workdir(self):
+    with tempfile.TemporaryDirectory() as d:
+      blocker = os.path.join(d, "file")
+      open(blocker, "w").close()
+      proc = _run(f"--workdir={blocker}/sub", *TINY)
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("linear_sweep: error: --workdir: must be a writable directory",
+                    proc.stderr)
+      self.assertNotIn("Traceback", proc.stderr)
+
+  def test_unknown_flag_value(self):
+    proc = _run("--workdir=/tmp/never", "--sweep=beta")
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn("--sweep", proc.stderr)
+    self.assertIn("alpha_t", proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
+
+  def test_preset_agreeing_flag_is_accepted(self):
+    config = experiment.preset("fig2b", p=60, runs=10)
+    self.assertEqual((config.p, config.runs), (60, 10))
+    with self.assertRaisesRegex(_checks.ConfigError, "^preset: must be one of"):
+      experiment.preset("fig9")
+
+
+if __name__ == "__main__":
+  absltest.main()
