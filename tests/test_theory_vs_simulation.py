@@ -110,7 +110,8 @@ class UnderparameterizedTest(parameterized.TestCase):
     for i in range(2):
       np.testing.assert_array_less(4 * np.hypot(ses[i], ses[i + 1]), gaps[i] - gaps[i + 1])
     np.testing.assert_array_less(gaps[2], 0.01)
-    np.testing.assert_array_less(3 * (gaps[1] + 4 * ses[1]), gaps[0])   # ∝ 1/m
+    # Quadrupling m more than halves the gap (O(1/m) predicts a quarter).
+    np.testing.assert_array_less(2 * (gaps[1] + 4 * ses[1]), gaps[0])
 
   def test_exact_optimum_is_negative(self):
     # The stand-in's argmin is −0.028; the exact D is also lower there than at 0
