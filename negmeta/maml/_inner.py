@@ -166,7 +166,7 @@ def inner_loop(apply_fn: ApplyFn, params: Params, alpha: Any, x: ArrayLike,
     >>> import jax.numpy as jnp
     >>> f = lambda w, x: w * x
     >>> inner_loop(f, jnp.array(0.0), 0.25, jnp.ones(4), 2 * jnp.ones(4), steps=1)
-    Array(1., dtype=float32, weak_type=True)
+    Array(1., dtype=float32)
   """
   rates = broadcast_rate(alpha, params)
   adapted, _, _ = scan_inner(apply_fn, params, rates, jnp.asarray(x),

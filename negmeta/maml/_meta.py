@@ -74,11 +74,11 @@ def task_losses(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
 def meta_loss(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
               *, steps: int, first_order: bool = False, remat: bool = False,
               loss_fn: LossFn = _inner.mse) -> jax.Array:
-  """MAML meta-objective: mean over tasks of the query loss after adaptation.
+  r"""MAML meta-objective: mean over tasks of the query loss after adaptation.
 
   .. math::
-    \\mathcal L(θ, α) = \\frac1B \\sum_b L_{q,b}(θ'_b),\\quad
-    θ'_b = \\mathrm{inner\\_loop}(θ, α; \\text{support}_b).
+    \mathcal L(θ, α) = \frac1B \sum_b L_{q,b}(θ'_b),\quad
+    θ'_b = \mathrm{inner\_loop}(θ, α; \text{support}_b).
 
   Differentiate it w.r.t. `params` (and `alpha` for Meta-SGD) to get the
   meta-gradient: second-order by default, first-order with `first_order=True`.

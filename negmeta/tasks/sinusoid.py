@@ -86,6 +86,10 @@ def sample_sinusoid_batch(key: jax.Array, meta_batch: int, k_support: int,
                           ) -> TaskBatch:
   """Samples `meta_batch` sinusoid tasks with support and query points.
 
+  A ~ U[0.1, 5], φ ~ U[0, π] per task and x ~ U[−5, 5] per point, all from one
+  `jax.random.uniform` call (one PRNG kernel per meta-step keeps compiled
+  meta-training loops small and fast).
+
   Args:
     key: PRNG key.
     meta_batch: number of tasks B (static).
@@ -102,6 +106,12 @@ def sample_sinusoid_batch(key: jax.Array, meta_batch: int, k_support: int,
     >>> batch.x_support.shape, batch.y_query.shape
     ((25, 10, 1), (25, 10, 1))
   """
-  task_key, point_key = jax.random.split(key)
-  amplitude, phase = sample_sinusoid_params(task_key, meta_batch, dtype=dtype)
-  return sinusoid_batch(point_key, amplitude, phase, k_support, k_query)
+  dtype = _dtype(dtype)
+  u = jax.random.uniform(key, (meta_batch, 2 + k_support + k_query, 1), dtype)
+  scale = lambda v, bounds: bounds[0] + (bounds[1] - bounds[0]) * v
+  amplitude = scale(u[:, :1], AMPLITUDE_RANGE)
+  phase = scale(u[:, 1:2], PHASE_RANGE)
+  x = scale(u[:, 2:], INPUT_RANGE)
+  y = amplitude * jnp.sin(x - phase)
+  return TaskBatch(x[:, :k_support], y[:, :k_support], x[:, k_support:],
+                   y[:, k_support:])
