@@ -25,6 +25,7 @@ import sys
 from absl import app, flags
 
 from negmeta import _checks, io
+from negmeta import linear
 from negmeta.linear import experiment
 
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
@@ -54,6 +55,8 @@ flags.DEFINE_integer("batch_size", None, "Runs vmapped together (0 = automatic).
 flags.DEFINE_integer("chunk_runs", None, "Runs per compiled call, each saved to "
                      "<workdir>/chunks so an interrupted sweep resumes (0 = all).")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Simulation float type.")
+_SHARD = flags.DEFINE_bool("shard", False, "Shard runs over all local devices "
+                           "(GPUs/TPUs, or CPU devices faked with XLA_FLAGS).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created if needed).")
 
 _CONFIG_FLAGS = ("p", "n_t", "n_v", "n_r", "m", "sigma", "nu", "w0", "omega0",
@@ -100,7 +103,8 @@ def main(argv):
   except _checks.ConfigError as e:
     sys.exit(f"linear_sweep: error: --{e.name}: {e.detail}")
   chunks = os.path.join(workdir, "chunks") if config.chunk_runs else None
-  result = experiment.run(config, store_dir=chunks, log=print)
+  mesh = linear.runs_mesh() if _SHARD.value else None
+  result = experiment.run(config, store_dir=chunks, mesh=mesh, log=print)
   paths = experiment.save(result, workdir)
   if chunks:
     shutil.rmtree(chunks, ignore_errors=True)   # superseded by runs.npz

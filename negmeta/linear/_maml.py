@@ -289,8 +289,16 @@ def exact_test_loss(omega: jax.Array, problem: problems.MixedLinearRegression,
   Returns:
     [...].
   """
+  return exact_test_loss_given_distance(
+      jnp.sum((omega - problem.w0) ** 2, axis=-1), problem, alpha_r)
+
+
+def exact_test_loss_given_distance(distance: jax.Array,
+                                   problem: problems.MixedLinearRegression,
+                                   alpha_r: ArrayLike) -> jax.Array:
+  """`exact_test_loss` of any ω with ‖ω − w_0‖² = `distance` (shapes broadcast)."""
   p, n_r = problem.p, problem.n_r
-  sq_dist = jnp.sum((omega - problem.w0) ** 2, axis=-1) + problem.nu**2
+  sq_dist = distance + problem.nu**2
   shrink = (1.0 - alpha_r) ** 2 + alpha_r**2 * (p + 1.0) / n_r
   injected = alpha_r**2 * problem.sigma**2 * p / n_r
   return 0.5 * problem.sigma**2 + 0.5 * (shrink * sq_dist + injected)

@@ -38,17 +38,25 @@ class RunValues(NamedTuple):
     protocol_loss: the paper's protocol: mean over `test_tasks` tasks × points.
     rcond: Cholesky pivot ratio of the meta-regression Gram matrix (≥ 1/cond).
     inner_gap: min over tasks and eigenvalues of |1 − α_t λ(H_t)|.
+    conditional_distance: E[‖ω* − w_0‖² | meta-training inputs]; NaN where not
+      computed.
+    conditional_loss: test loss exactly in expectation over the test data *and*
+      over the meta-training task vectors and label noise, given the
+      meta-training inputs (a Rao-Blackwellized, lower-variance estimator with
+      the same mean as exact_loss); NaN where not computed.
   """
   distance: jax.Array
   exact_loss: jax.Array
   protocol_loss: jax.Array
   rcond: jax.Array
   inner_gap: jax.Array
+  conditional_distance: jax.Array
+  conditional_loss: jax.Array
 
 
 def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
                  alpha_t: jax.Array, alpha_r: jax.Array, *, test_tasks: int,
-                 test_points: int) -> RunValues:
+                 test_points: int, conditional: bool = False) -> RunValues:
   """One run for a whole grid: meta-train at every α_t, evaluate with α_r.
 
   Args:
@@ -57,6 +65,8 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
     alpha_t: [G]. alpha_r: [G].
     test_tasks: number of new tasks evaluated (static).
     test_points: test points per new task (static).
+    conditional: also compute `conditional_loss` (static; costs one extra
+      min(N, p)-sized solve with N right-hand sides per grid value).
 
   Returns:
     RunValues of shape [G] each.
@@ -65,23 +75,28 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
   train = _sampler.sample_meta_training(k_train, problem)
   test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
   solution = _maml.meta_solution_path(_maml.meta_design(train), problem.omega0, alpha_t)
+  cond = (_maml.expected_distance_given_inputs(train, problem, alpha_t) if conditional
+          else jnp.full_like(alpha_t, jnp.nan))
   return RunValues(
       distance=jnp.sum((solution.omega - problem.w0) ** 2, axis=-1),
       exact_loss=_maml.exact_test_loss(solution.omega, problem, alpha_r),
       protocol_loss=_maml.protocol_test_loss(solution.omega, test, alpha_r),
       rcond=solution.rcond,
-      inner_gap=_maml.inner_step_gap(train, alpha_t))
+      inner_gap=_maml.inner_step_gap(train, alpha_t),
+      conditional_distance=cond,
+      conditional_loss=_maml.exact_test_loss_given_distance(cond, problem, alpha_r))
 
 
-def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points):
+def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
+                    conditional=False):
   run = functools.partial(simulate_run, problem=problem, alpha_t=alpha_t,
                           alpha_r=alpha_r, test_tasks=test_tasks,
-                          test_points=test_points)
+                          test_points=test_points, conditional=conditional)
   return jax.lax.map(jax.vmap(run), keys)
 
 
 simulate_chunk: Callable[..., RunValues] = jax.jit(
-    _simulate_chunk, static_argnames=("test_tasks", "test_points"))
+    _simulate_chunk, static_argnames=("test_tasks", "test_points", "conditional"))
 simulate_chunk.__doc__ = """Runs keys [C, B] → RunValues [C, B, G] (jitted; B runs vmapped).
 
 Args:
@@ -89,6 +104,7 @@ Args:
   problem: MixedLinearRegression.
   alpha_t, alpha_r: grid, [G] each.
   test_tasks, test_points: static evaluation sizes.
+  conditional: also compute RunValues.conditional_loss (static).
 """
 
 
@@ -161,7 +177,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
               runs: int, seed: int = 0, test_tasks: int = 100, test_points: int = 50,
               batch_size: int | None = None, chunk_runs: int | None = None,
               store: io.ChunkStore | None = None,
-              mesh: jax.sharding.Mesh | None = None,
+              mesh: jax.sharding.Mesh | None = None, conditional: bool = False,
               on_chunk: Callable[[int, int, bool], None] | None = None
               ) -> RunValues:
   """Simulates `runs` runs on a grid of (α_t, α_r) pairs.
@@ -179,6 +195,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     store: optional ChunkStore for resumable sweeps.
     mesh: optional mesh (see `runs_mesh`); runs of each batch are sharded over
       its devices.
+    conditional: also compute the conditional (Rao-Blackwellized) estimator.
     on_chunk: optional callback(index, total, loaded_from_store).
 
   Returns:
@@ -207,7 +224,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
       if sharding is not None:
         keys = jax.device_put(keys, sharding)
       out = simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
-                           test_points=test_points)
+                           test_points=test_points, conditional=conditional)
       saved = {k: np.asarray(v).reshape(chunk, grid_size)[:valid]
                for k, v in out._asdict().items()}
       if store is not None:

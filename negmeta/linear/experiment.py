@@ -29,6 +29,9 @@ from negmeta.linear import _sweep
 from negmeta.theory import linear as theory
 
 SWEEPS = ("alpha_t", "alpha_r")
+# Per-run quantities averaged over runs (mean ± s.e.) in results and tables.
+ESTIMATORS = ("distance", "conditional_distance", "exact_loss", "protocol_loss",
+              "conditional_loss")
 DTYPES = ("float64", "float32")
 
 # Parameters that define the problem: a preset fixes them (a flag may not
@@ -192,7 +195,7 @@ class LinearSweepResult:
   def estimates(self) -> dict[str, _sweep.Estimate]:
     """Mean ± s.e. over runs per grid value, for every per-run quantity."""
     return {k: _sweep.estimate(v) for k, v in self.runs._asdict().items()
-            if k in ("distance", "exact_loss", "protocol_loss")}
+            if k in ESTIMATORS}
 
 
 def _theory_on(problem, config, swept):
@@ -216,14 +219,19 @@ def _optima(problem, config, swept, runs: _sweep.RunValues) -> dict[str, Any]:
     d_theory = theory.distance(problem, config.alpha_t)
     out["theory_alpha_r_star"] = float(theory.alpha_r_optimal(
         d_theory, sigma=problem.sigma, nu=problem.nu, p=problem.p, n_r=problem.n_r))
-    # The α_r structure is exact (§1.5), so the simulated D gives the exact α_r*.
-    d_sim = _sweep.estimate(runs.distance)
+    # The α_r structure is exact (§1.5), so the simulated D gives the exact α_r*
+    # (the conditional estimate of D when computed: same mean, less noise).
+    d_sim = _sweep.estimate(runs.conditional_distance)
+    if not d_sim.n[0]:
+      d_sim = _sweep.estimate(runs.distance)
     out["simulated_alpha_r_star"] = float(theory.alpha_r_optimal(
         d_sim.mean[0], sigma=problem.sigma, nu=problem.nu, p=problem.p, n_r=problem.n_r))
   out["theory_argmin"] = float(num.x)
   out["theory_min"] = float(num.value)
-  for name in ("exact_loss", "protocol_loss"):
+  for name in ("exact_loss", "protocol_loss", "conditional_loss"):
     est = _sweep.estimate(getattr(runs, name))
+    if not np.any(est.n):
+      continue
     i = int(np.nanargmin(est.mean))
     entry = {"argmin": float(swept[i]), "min": float(est.mean[i]),
              "min_se": float(est.se[i])}
@@ -271,7 +279,8 @@ def run(config: LinearSweepConfig, *, store_dir: str | None = None,
         problem, alpha_t, alpha_r, runs=config.runs, seed=config.seed,
         test_tasks=config.test_tasks, test_points=config.test_points,
         batch_size=config.batch_size or None, chunk_runs=config.chunk_runs or None,
-        store=store, mesh=mesh, on_chunk=on_chunk)
+        store=store, mesh=mesh, conditional=uses_conditional(config),
+        on_chunk=on_chunk)
     seconds = time.perf_counter() - start
     swept = alpha_t if config.sweep == "alpha_t" else alpha_r
     dense = np.linspace(float(np.min(swept)), float(np.max(swept)), 401)
@@ -281,6 +290,17 @@ def run(config: LinearSweepConfig, *, store_dir: str | None = None,
         theory_curve=(dense, _theory_on(problem, config, dense)),
         optimum=_optima(problem, config, swept, values), seconds=seconds,
         resumed_chunks=int(sum(resumed)))
+
+
+def uses_conditional(config: LinearSweepConfig) -> bool:
+  """Whether the sweep also computes the conditional (Rao-Blackwellized) estimator.
+
+  It is cheap in the overparameterized regime (N×N solves) and for α_r sweeps;
+  for α_t sweeps in the underparameterized regime it would cost a p×p solve
+  with N right-hand sides per grid value, and the plain estimators are already
+  precise there (N ≫ p averages the noise), so it is skipped.
+  """
+  return config.p > config.n_v * config.m or config.sweep == "alpha_r"
 
 
 def sweep_identity(config: LinearSweepConfig) -> dict[str, Any]:
@@ -300,7 +320,9 @@ def record(result: LinearSweepResult) -> dict[str, Any]:
     entry = {result.config.sweep: float(x), "alpha_t": float(result.alpha_t[g]),
              "alpha_r": float(result.alpha_r[g]), "theory": float(result.theory[g])}
     for name, e in est.items():
-      entry[name] = {"mean": float(e.mean[g]), "se": float(e.se[g]), "runs": int(e.n[g])}
+      if e.n[g] or not name.startswith("conditional"):
+        entry[name] = {"mean": float(e.mean[g]), "se": float(e.se[g]),
+                       "runs": int(e.n[g])}
     entry["gap_exact_minus_theory"] = float(est["exact_loss"].mean[g] - result.theory[g])
     rc = result.runs.rcond[:, g]
     entry["nonfinite_runs"] = int(np.sum(~np.isfinite(result.runs.exact_loss[:, g])))
@@ -339,12 +361,15 @@ def summary_table(result: LinearSweepResult, max_rows: int = 12) -> str:
            f"σ={c.sigma:g} ν={c.nu:g} ({problems.regime_of(c.p, c.n_v, c.m)}), "
            f"{c.runs} runs × {c.test_tasks} tasks × {c.test_points} points, "
            f"{result.seconds:.1f} s",
-           f"{sym:>8} {'theory':>8} {'exact sim':>18} {'protocol sim':>18} {'flags':>6}"]
+           f"{sym:>8} {'theory':>8} {'protocol sim':>18} {'exact sim':>18} "
+           f"{'conditional sim':>18} {'flags':>6}"]
   for i in rows:
-    e, pr = est["exact_loss"], est["protocol_loss"]
+    cells = []
+    for name in ("protocol_loss", "exact_loss", "conditional_loss"):
+      e = est[name]
+      cells.append(f"{e.mean[i]:9.4f} ± {e.se[i]:.4f}" if e.n[i] else f"{'—':>18}")
     bad = int(np.sum(~np.isfinite(result.runs.exact_loss[:, i])))
-    lines.append(f"{result.swept[i]:8.3f} {result.theory[i]:8.4f} "
-                 f"{e.mean[i]:9.4f} ± {e.se[i]:.4f} {pr.mean[i]:9.4f} ± {pr.se[i]:.4f} "
+    lines.append(f"{result.swept[i]:8.3f} {result.theory[i]:8.4f} {' '.join(cells)} "
                  f"{(str(bad) + ' nan') if bad else '':>6}")
   o = result.optimum
   lines.append(f"theory argmin {sym} = {o['theory_argmin']:.4f} (L = {o['theory_min']:.4f})")
