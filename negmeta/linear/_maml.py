@@ -229,11 +229,11 @@ def expected_distance_given_inputs(train: TaskBatch,
 
   def one(alpha):
     z, _ = design.at(alpha)
-    if z.shape[0] < p:
-      w = z.T @ jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(z @ z.T), True),
-                                           jnp.eye(z.shape[0], dtype=z.dtype))
-    else:
-      w = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(z.T @ z), True), z.T)
+    # W = Z⁺ via the explicit inverse of the smaller Gram matrix.
+    small = z @ z.T if z.shape[0] < p else z.T @ z
+    inverse = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(small), True),
+                                         jnp.eye(small.shape[0], dtype=z.dtype))
+    w = z.T @ inverse if z.shape[0] < p else inverse @ z.T
     w_blocks = w.reshape(p, m, n_v)
     z_blocks = z.reshape(m, n_v, p)
     wz = jnp.einsum("pmv,mvq->mpq", w_blocks, z_blocks)                   # W_i Z_i

@@ -8,9 +8,9 @@ paired comparisons are precise. Run r's randomness is `fold_in(key(seed), r)`,
 independent of how runs are batched, chunked or sharded.
 
 The kernel `simulate_chunk` is jitted once per problem shape: grid values, σ, ν,
-w_0, ω_0 and the keys are array arguments. Runs are vmapped in batches of B
-inside a `lax.map`, which bounds memory; the driver `run_sweep` feeds equal-sized
-chunks (the last one padded), optionally saving each finished chunk to disk.
+w_0, ω_0 and the keys are array arguments. Runs are vmapped in batches of B,
+which bounds memory; the driver `run_sweep` calls the one compiled kernel once
+per batch (the last one padded), optionally saving finished chunks to disk.
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     test_tasks, test_points: evaluation protocol sizes.
     batch_size: runs vmapped together (default: from a 256 MB memory budget).
       With a mesh, it is rounded up to a multiple of the number of devices.
-    chunk_runs: runs per compiled call (default: all runs, one call). Chunks
-      are saved to `store` when given, and loaded from it on a rerun.
+    chunk_runs: runs per saved chunk (default: all runs). Chunks are saved to
+      `store` when given, and loaded from it on a rerun.
     store: optional ChunkStore for resumable sweeps.
     mesh: optional mesh (see `runs_mesh`); runs of each batch are sharded over
       its devices.
@@ -220,13 +220,20 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     saved = store.load(c) if store is not None else None
     loaded = saved is not None
     if not loaded:
-      keys = run_keys(seed, start, chunk).reshape(chunk // b, b)
-      if sharding is not None:
-        keys = jax.device_put(keys, sharding)
-      out = simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
-                           test_points=test_points, conditional=conditional)
-      saved = {k: np.asarray(v).reshape(chunk, grid_size)[:valid]
-               for k, v in out._asdict().items()}
+      batches = []
+      # One vmapped batch per call of the (single-trace) kernel. Several batches
+      # in one call (a lax.map over [C > 1, B]) hang XLA:CPU in jaxlib 0.10.2 for
+      # large batches (BUILD_NOTES.md §4), so C is always 1 here.
+      for first in range(start, start + valid, b):
+        keys = run_keys(seed, first, b).reshape(1, b)
+        if sharding is not None:
+          keys = jax.device_put(keys, sharding)
+        batches.append(simulate_chunk(keys, problem, alpha_t, alpha_r,
+                                      test_tasks=test_tasks, test_points=test_points,
+                                      conditional=conditional))
+      saved = {k: np.concatenate([np.asarray(getattr(o, k)).reshape(b, grid_size)
+                                  for o in batches])[:valid]
+               for k in RunValues._fields}
       if store is not None:
         store.save(c, saved)
     if on_chunk is not None:
