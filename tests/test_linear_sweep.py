@@ -141,9 +141,9 @@ class ShardingTest(absltest.TestCase):
         sharded = _sweep.run_sweep(prob, grid, 0.2, mesh=mesh, **kw)
         # A caller's default (Explicit-axes) mesh works too.
         explicit = _sweep.run_sweep(prob, grid, 0.2, mesh=jax.make_mesh((4,), ("r",)), **kw)
-        keys = _sweep.run_keys(2, 0, 16).reshape(2, 8)
+        keys = _sweep.run_keys(2, 0, 16)
         keys = jax.device_put(keys, jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec(None, "runs")))
+            mesh, jax.sharding.PartitionSpec("runs")))
         out = _sweep.simulate_chunk(keys, prob, grid, np.full(5, 0.2),
                                     test_tasks=3, test_points=4)
         assert len(out.distance.sharding.device_set) == 4, out.distance.sharding

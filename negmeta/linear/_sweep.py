@@ -92,15 +92,15 @@ def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
   run = functools.partial(simulate_run, problem=problem, alpha_t=alpha_t,
                           alpha_r=alpha_r, test_tasks=test_tasks,
                           test_points=test_points, conditional=conditional)
-  return jax.lax.map(jax.vmap(run), keys)
+  return jax.vmap(run)(keys)
 
 
 simulate_chunk: Callable[..., RunValues] = jax.jit(
     _simulate_chunk, static_argnames=("test_tasks", "test_points", "conditional"))
-simulate_chunk.__doc__ = """Runs keys [C, B] → RunValues [C, B, G] (jitted; B runs vmapped).
+simulate_chunk.__doc__ = """Runs keys [B] → RunValues [B, G] (jitted; the B runs are vmapped).
 
 Args:
-  keys: typed PRNG keys, [C, B]: C sequential batches of B vmapped runs.
+  keys: typed PRNG keys, [B].
   problem: MixedLinearRegression.
   alpha_t, alpha_r: grid, [G] each.
   test_tasks, test_points: static evaluation sizes.
@@ -108,12 +108,12 @@ Args:
 """
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _expected_distances(keys, problem, alpha_t, batch_size):
+@jax.jit
+def _expected_distances(keys, problem, alpha_t):
   def one(key):
     train = _sampler.sample_meta_training(jax.random.split(key)[0], problem)
     return _maml.expected_distance_given_inputs(train, problem, alpha_t)
-  return jax.lax.map(one, keys, batch_size=batch_size)
+  return jax.vmap(one)(keys)
 
 
 def expected_distances(problem: problems.MixedLinearRegression, alpha_t, *,
@@ -133,8 +133,11 @@ def expected_distances(problem: problems.MixedLinearRegression, alpha_t, *,
     NumPy array [R, G].
   """
   alpha_t = jnp.atleast_1d(jnp.asarray(alpha_t, problem.w0.dtype))
-  keys = run_keys(seed, 0, runs)
-  return np.asarray(_expected_distances(keys, problem, alpha_t, min(batch_size, runs)))
+  b = min(batch_size, runs)
+  # One vmapped batch per call, as in `run_sweep` (no lax.map around LAPACK calls).
+  out = [np.asarray(_expected_distances(run_keys(seed, first, b), problem, alpha_t))
+         for first in range(0, runs, b)]
+  return np.concatenate(out)[:runs]
 
 
 def run_keys(seed: int, start: int, count: int) -> jax.Array:
@@ -211,7 +214,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
   chunk = chunk_runs or runs
   chunk = math.ceil(chunk / b) * b
   n_chunks = math.ceil(runs / chunk)
-  sharding = (NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
+  sharding = (NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
               if mesh is not None else None)
   parts = []
   for c in range(n_chunks):
@@ -221,11 +224,11 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     loaded = saved is not None
     if not loaded:
       batches = []
-      # One vmapped batch per call of the (single-trace) kernel. Several batches
-      # in one call (a lax.map over [C > 1, B]) hang XLA:CPU in jaxlib 0.10.2 for
-      # large batches (BUILD_NOTES.md §4), so C is always 1 here.
+      # One vmapped batch per call of the (single-trace) kernel: a lax.map over
+      # several batches inside one call intermittently hangs XLA:CPU in jaxlib
+      # 0.10.2 (BUILD_NOTES.md §4).
       for first in range(start, start + valid, b):
-        keys = run_keys(seed, first, b).reshape(1, b)
+        keys = run_keys(seed, first, b)
         if sharding is not None:
           keys = jax.device_put(keys, sharding)
         batches.append(simulate_chunk(keys, problem, alpha_t, alpha_r,
