@@ -18,6 +18,7 @@ the swept one); flags that contradict it are an error, while --runs, --test_task
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -75,7 +76,7 @@ def _grid_from_flags(base: tuple[float, ...]) -> tuple[float, ...] | None:
   num = _checks.integer("grid_num", f.grid_num if f.grid_num is not None else len(base))
   if hi < lo:
     raise _checks.ConfigError("grid_max", f"must be >= --grid_min={lo:g} (got {hi:g})")
-  return experiment._grid(lo, hi, num)
+  return experiment.grid(lo, hi, num)
 
 
 def config_from_flags() -> experiment.LinearSweepConfig:
@@ -83,7 +84,7 @@ def config_from_flags() -> experiment.LinearSweepConfig:
   f = flags.FLAGS
   given = {k: f[k].value for k in _CONFIG_FLAGS if f[k].present}
   base = (experiment.PRESETS[_PRESET.value] if _PRESET.value
-          else experiment.dataclasses.asdict(experiment.LinearSweepConfig()))
+          else dataclasses.asdict(experiment.LinearSweepConfig()))
   grid = _grid_from_flags(tuple(base["grid"]))
   if grid is not None:
     given["grid"] = grid

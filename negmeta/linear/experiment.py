@@ -83,7 +83,8 @@ class LinearSweepConfig:
   dtype: str = "float64"
 
 
-def _grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
+def grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
+  """`num` evenly spaced values from `lo` to `hi` (rounded to 12 digits)."""
   return tuple(float(v) for v in np.round(np.linspace(lo, hi, num), 12))
 
 
@@ -93,16 +94,16 @@ _FIG3 = dict(p=30, n_t=5, n_v=25, n_r=10, m=40, sigma=1.0, nu=1.0, w0=0.0, omega
 PRESETS: dict[str, dict[str, Any]] = {
     # Fig. 2a: overparameterized, α_r swept at α_t = 0.2, 100 runs.
     "fig2a": dict(_FIG2, alpha_t=0.2, alpha_r=0.2, sweep="alpha_r",
-                  grid=_grid(-0.1, 0.5, 31), runs=100),
+                  grid=grid(-0.1, 0.5, 31), runs=100),
     # Fig. 2b: overparameterized, α_t swept at α_r = 0.2, 1000 runs.
     "fig2b": dict(_FIG2, alpha_t=0.2, alpha_r=0.2, sweep="alpha_t",
-                  grid=_grid(-2.0, 2.0, 41), runs=1000),
+                  grid=grid(-2.0, 2.0, 41), runs=1000),
     # Fig. 3a: underparameterized (σ = ν = 1 as plotted), α_r swept, 100 runs.
     "fig3a": dict(_FIG3, alpha_t=0.2, alpha_r=0.2, sweep="alpha_r",
-                  grid=_grid(-0.1, 0.5, 31), runs=100),
+                  grid=grid(-0.1, 0.5, 31), runs=100),
     # Fig. 3b: underparameterized (σ = ν = 1 as plotted), α_t swept, 1000 runs.
     "fig3b": dict(_FIG3, alpha_t=0.2, alpha_r=0.2, sweep="alpha_t",
-                  grid=_grid(-0.5, 0.5, 41), runs=1000),
+                  grid=grid(-0.5, 0.5, 41), runs=1000),
 }
 
 
