@@ -21,11 +21,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 
 from absl import app, flags
 
-from negmeta import _checks, io
+from negmeta import _checks, cli, io
 from negmeta import linear
 from negmeta.linear import experiment
 
@@ -65,27 +64,13 @@ _CONFIG_FLAGS = ("p", "n_t", "n_v", "n_r", "m", "sigma", "nu", "w0", "omega0",
                  "seed", "batch_size", "chunk_runs", "dtype")
 
 
-def _grid_from_flags(base: tuple[float, ...]) -> tuple[float, ...] | None:
-  f = flags.FLAGS
-  if f["grid"].present:
-    return _checks.real_grid("grid", f.grid or ())
-  if not any(f[k].present for k in ("grid_min", "grid_max", "grid_num")):
-    return None
-  lo = _checks.real("grid_min", f.grid_min if f.grid_min is not None else min(base))
-  hi = _checks.real("grid_max", f.grid_max if f.grid_max is not None else max(base))
-  num = _checks.integer("grid_num", f.grid_num if f.grid_num is not None else len(base))
-  if hi < lo:
-    raise _checks.ConfigError("grid_max", f"must be >= --grid_min={lo:g} (got {hi:g})")
-  return experiment.grid(lo, hi, num)
-
-
 def config_from_flags() -> experiment.LinearSweepConfig:
   """The validated config described by the command line."""
   f = flags.FLAGS
   given = {k: f[k].value for k in _CONFIG_FLAGS if f[k].present}
   base = (experiment.PRESETS[_PRESET.value] if _PRESET.value
           else dataclasses.asdict(experiment.LinearSweepConfig()))
-  grid = _grid_from_flags(tuple(base["grid"]))
+  grid = cli.grid_from_flags(f, tuple(base["grid"]))
   if grid is not None:
     given["grid"] = grid
   if _PRESET.value:
@@ -96,13 +81,11 @@ def config_from_flags() -> experiment.LinearSweepConfig:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
+  with cli.config_errors("linear_sweep"):
     if not _WORKDIR.value:
       raise _checks.ConfigError("workdir", "is required: a writable output directory")
     config = config_from_flags()
     workdir = io.prepare_workdir(_WORKDIR.value)
-  except _checks.ConfigError as e:
-    sys.exit(f"linear_sweep: error: --{e.name}: {e.detail}")
   chunks = os.path.join(workdir, "chunks") if config.chunk_runs else None
   mesh = linear.runs_mesh() if _SHARD.value else None
   result = experiment.run(config, store_dir=chunks, mesh=mesh, log=print)

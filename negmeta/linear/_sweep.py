@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from negmeta import io, problems
+from negmeta import io, problems, stats
 from negmeta.linear import _maml, _sampler
 
 
@@ -245,34 +245,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
   return RunValues(**{k: np.concatenate([p[k] for p in parts]) for k in RunValues._fields})
 
 
-class Estimate(NamedTuple):
-  """Mean over the finite runs, its standard error, and counts (arrays [G]).
-
-  Attributes:
-    mean: mean over runs with a finite value.
-    se: standard error of the mean (sample std / √n).
-    n: number of finite runs.
-  """
-  mean: np.ndarray
-  se: np.ndarray
-  n: np.ndarray
-
-
-def estimate(values: np.ndarray) -> Estimate:
-  """Mean ± s.e. over axis 0 of [R, G] values, ignoring non-finite runs."""
-  values = np.asarray(values, dtype=np.float64)
-  ok = np.isfinite(values)
-  n = ok.sum(axis=0)
-  safe = np.where(ok, values, 0.0)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    mean = safe.sum(axis=0) / n
-    var = np.where(ok, (safe - mean) ** 2, 0.0).sum(axis=0) / (n - 1)
-    se = np.sqrt(var / n)
-  return Estimate(mean=mean, se=se, n=n)
-
-
-def paired_difference(values: np.ndarray, i: int, j: int) -> tuple[float, float]:
-  """Mean and s.e. over runs of values[:, i] − values[:, j] (common random numbers)."""
-  d = np.asarray(values[:, i], np.float64) - np.asarray(values[:, j], np.float64)
-  d = d[np.isfinite(d)]
-  return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+# Re-exported for existing callers; the implementation lives in negmeta.stats.
+Estimate = stats.Estimate
+estimate = stats.estimate
+paired_difference = stats.paired_difference

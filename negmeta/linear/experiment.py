@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from negmeta import _checks, io, problems
+from negmeta import _checks, cli, io, problems
 from negmeta.linear import _sweep
 from negmeta.theory import linear as theory
 
@@ -83,9 +83,7 @@ class LinearSweepConfig:
   dtype: str = "float64"
 
 
-def grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
-  """`num` evenly spaced values from `lo` to `hi` (rounded to 12 digits)."""
-  return tuple(float(v) for v in np.round(np.linspace(lo, hi, num), 12))
+grid = cli.linear_grid   # `num` evenly spaced values from `lo` to `hi`.
 
 
 _FIG2 = dict(p=60, n_t=30, n_v=2, n_r=20, m=3, sigma=1.0, nu=0.5, w0=0.0, omega0=0.0)

@@ -1,0 +1,62 @@
+"""Glue shared by the experiment binaries: config errors and grid flags.
+
+Binaries stay thin: they read flags, build a validated config with the library's
+`_checks` helpers, and report any `ConfigError` as one line naming the flag::
+
+  with cli.config_errors("linear_sweep"):
+    config = config_from_flags()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from negmeta import _checks
+
+
+@contextlib.contextmanager
+def config_errors(binary: str) -> Iterator[None]:
+  """Turns a ConfigError into ``<binary>: error: --<flag>: <detail>`` and exit 1."""
+  try:
+    yield
+  except _checks.ConfigError as e:
+    sys.exit(f"{binary}: error: --{e.name}: {e.detail}")
+
+
+def linear_grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
+  """`num` evenly spaced values from `lo` to `hi`, rounded to 12 digits."""
+  return tuple(float(v) for v in np.round(np.linspace(lo, hi, num), 12))
+
+
+def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid"
+                    ) -> tuple[float, ...] | None:
+  """The swept grid from ``--<prefix>`` or ``--<prefix>_min/_max/_num`` flags.
+
+  Args:
+    flag_values: `absl.flags.FLAGS`.
+    base: the default grid; unspecified bounds/count fall back to it.
+    prefix: flag name prefix (e.g. "grid", "alpha_grid").
+
+  Returns:
+    The grid, or None when no grid flag was given.
+
+  Raises:
+    ConfigError: naming the offending flag.
+  """
+  f = flag_values
+  lo_n, hi_n, num_n = f"{prefix}_min", f"{prefix}_max", f"{prefix}_num"
+  if f[prefix].present:
+    return _checks.real_grid(prefix, f[prefix].value or ())
+  if not any(f[k].present for k in (lo_n, hi_n, num_n)):
+    return None
+  lo = _checks.real(lo_n, f[lo_n].value if f[lo_n].value is not None else min(base))
+  hi = _checks.real(hi_n, f[hi_n].value if f[hi_n].value is not None else max(base))
+  num = _checks.integer(num_n, f[num_n].value if f[num_n].value is not None
+                        else len(base))
+  if hi < lo:
+    raise _checks.ConfigError(hi_n, f"must be >= --{lo_n}={lo:g} (got {hi:g})")
+  return linear_grid(lo, hi, num)
