@@ -309,26 +309,74 @@ class MetaGradientTest(parameterized.TestCase):
   def test_remat_memory_grows_only_by_the_carry(self):
     # Compiled temp memory of the second-order meta-gradient: without remat
     # each extra inner step stores θ_k plus residuals of the inner gradient;
-    # with remat only the carry θ_k (B·|θ| floats per step).
-    meta_batch, sizes = 8, (1, 40, 40, 1)
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda x: x.astype(np.float32),
-                          numpy_mlp(rng, sizes, 0.01))
-    batch = jax.tree.map(lambda x: x.astype(np.float32),
-                         numpy_sinusoids(rng, meta_batch, 10, 10))
-    carry_bytes = meta_batch * flat_numpy(params).size * 4
-
-    def temp_bytes(steps, remat):
-      grad = jax.jit(jax.grad(lambda p, b: maml.meta_loss(
-          models.mlp_apply, p, 0.01, b, steps=steps, remat=remat)))
-      return grad.lower(params, batch).compile().memory_analysis(
-      ).temp_size_in_bytes
-
+    # with per-step remat only the carry θ_k (B·|θ| floats per step).
+    temp_bytes, carry_bytes = remat_temp_bytes()
     # K = 1 compiles to a different loop structure, so fit from K = 3 on.
     slope = {r: (temp_bytes(9, r) - temp_bytes(3, r)) / 6
-             for r in (False, True)}
-    self.assertLess(slope[True], 0.75 * slope[False])
-    self.assertLessEqual(slope[True], 1.02 * carry_bytes)
+             for r in ("none", "step")}
+    self.assertLess(slope["step"], 0.75 * slope["none"])
+    self.assertLessEqual(slope["step"], 1.02 * carry_bytes)
+
+  def test_nested_remat_memory_grows_logarithmically(self):
+    # Recursive binary checkpointing: each doubling of K adds one level, which
+    # stores the two segment-start carries (measured: 2.01 carries per
+    # doubling from K = 4 to 64), instead of K more carries.
+    temp_bytes, carry_bytes = remat_temp_bytes()
+    temps = [temp_bytes(k, True) for k in (4, 8, 16, 32)]
+    per_doubling = np.diff(temps) / carry_bytes
+    self.assertTrue(np.all(per_doubling <= 2.1), per_doubling)
+    self.assertLess(temps[-1], 0.5 * temp_bytes(32, "step"))
+
+  def test_nested_remat_matches_plain_scan(self):
+    # K = 5 splits unevenly (3 + 2) and evenly (2 = 1 + 1, a scan over two
+    # segments); values, first and second derivatives (the checkpointed
+    # replay is differentiable again) match the plain scan.
+    params, batch, alpha = make_problem(seed=7)
+    steps = 5
+
+    @jax.jit
+    def run(p, a):
+      def loss(p, a, remat):
+        return maml.meta_loss(tanh_apply, p, a, batch, steps=steps,
+                              remat=remat)
+      out = {}
+      for r in ("none", "nested"):
+        value, grads = jax.value_and_grad(loss, argnums=(0, 1))(p, a, r)
+        # A Hessian-vector product of the meta-loss in θ.
+        hvp = jax.jvp(lambda q: jax.grad(loss)(q, a, r), (p,), (grads[0],))[1]
+        out[r] = (value, grads, hvp)
+      return out
+
+    out = to_numpy(run(params, alpha))
+    assert_close(out["nested"], out["none"], rtol=1e-12)
+    with self.assertRaisesRegex(ValueError, "remat"):
+      maml.inner_loop(tanh_apply, params, 0.1, batch.x_support[0],
+                      batch.y_support[0], steps=2, remat="always")
+
+
+@functools.cache
+def remat_temp_bytes():
+  """(temp_bytes(steps, remat), carry bytes) for the 1-40-40-1 sinusoid MLP.
+
+  Compiled XLA temporary memory of the second-order meta-gradient over 8
+  tasks in float32; the carry is the per-task parameter trees, B·|θ| floats.
+  """
+  meta_batch, sizes = 8, (1, 40, 40, 1)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: x.astype(np.float32),
+                        numpy_mlp(rng, sizes, 0.01))
+  batch = jax.tree.map(lambda x: x.astype(np.float32),
+                       numpy_sinusoids(rng, meta_batch, 10, 10))
+  carry_bytes = meta_batch * flat_numpy(params).size * 4
+
+  @functools.cache
+  def temp_bytes(steps, remat):
+    grad = jax.jit(jax.grad(lambda p, b: maml.meta_loss(
+        models.mlp_apply, p, 0.01, b, steps=steps, remat=remat)))
+    return grad.lower(params, batch).compile().memory_analysis(
+    ).temp_size_in_bytes
+
+  return temp_bytes, carry_bytes
 
 
 class MetaLossTest(absltest.TestCase):

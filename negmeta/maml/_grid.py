@@ -45,7 +45,7 @@ def meta_train_grid(apply_fn: ApplyFn, init_fn: InitFn,
                     optimizer: optax.GradientTransformation,
                     sample_batch: _train.BatchSampler, alpha: Any,
                     meta_lr: ArrayLike, seed: ArrayLike, *, num_steps: int,
-                    steps: int, first_order: bool = False, remat: bool = False,
+                    steps: int, first_order: bool = False, remat: bool | str = False,
                     learn_alpha: bool = False, loss_fn: LossFn = _inner.mse
                     ) -> _train.MetaTrainResult:
   """Runs G independent meta-training runs as one vmapped computation.
@@ -75,7 +75,7 @@ def meta_train_grid(apply_fn: ApplyFn, init_fn: InitFn,
     num_steps: meta-steps per run (static).
     steps: inner steps K (static).
     first_order: first-order MAML meta-gradient.
-    remat: checkpoint the inner scan body.
+    remat: rematerialization of the inner loop (see `inner_loop`).
     learn_alpha: meta-learn α too (Meta-SGD).
     loss_fn: ``loss_fn(y_hat, y) -> []``.
 

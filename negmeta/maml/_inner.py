@@ -94,9 +94,80 @@ def sgd_step(params: Params, rates: Params, grads: Params) -> Params:
                       params, rates, grads)
 
 
+REMAT_MODES = ("none", "step", "nested")
+
+
+def remat_mode(remat: bool | str) -> str:
+  """Normalizes a `remat` argument to one of `REMAT_MODES`.
+
+  Args:
+    remat: False or "none" (store every intermediate), "step" (checkpoint each
+      inner step: the backward pass stores θ_k per step, memory O(K)), True or
+      "nested" (recursive checkpointing: O(log K) stored parameter trees).
+
+  Returns:
+    "none", "step" or "nested".
+
+  Raises:
+    ValueError: for any other value.
+  """
+  if remat is False or remat is None or remat == "none":
+    return "none"
+  if remat is True or remat == "nested":
+    return "nested"
+  if remat == "step":
+    return "step"
+  raise ValueError(f"remat: must be False, True, 'none', 'step' or 'nested' "
+                   f"(got {remat!r})")
+
+
+def nested_checkpoint_scan(body: Callable[[Any, None], tuple[Any, Any]],
+                           carry: Any, length: int) -> tuple[Any, Any]:
+  """``lax.scan(body, carry, None, length)`` whose backward pass keeps O(log K) carries.
+
+  Recursive binary checkpointing: n > 1 steps run as two checkpointed halves
+  of ⌈n/2⌉ and ⌊n/2⌋ steps, each again split, down to single checkpointed
+  steps. The backward pass of the second half needs only the carry at its
+  start, so at any time it holds the carries at the split points on the path
+  from the root to the step being differentiated: about log₂ n parameter
+  trees instead of n, at the price of replaying each step's forward
+  computation about log₂ n times. Halves of equal length are one
+  `lax.scan` over two segments, so the program has O(log n) distinct pieces.
+  Values and gradients (of any order) are those of the plain scan.
+
+  Args:
+    body: ``body(carry, None) -> (carry, out)``, as for `lax.scan`.
+    carry: initial carry.
+    length: number of steps n >= 0 (static).
+
+  Returns:
+    (final carry, outputs stacked along a leading [n] axis).
+  """
+  if length <= 1:
+    step = jax.checkpoint(body, prevent_cse=False)
+    return jax.lax.scan(step, carry, None, length=length)
+  first, second = -(-length // 2), length // 2
+
+  def half(n):
+    # prevent_cse=False is safe (and faster) inside scan (jax.checkpoint docs);
+    # outside a scan the default keeps XLA from merging the replay away.
+    return jax.checkpoint(
+        lambda c, _=None: nested_checkpoint_scan(body, c, n),
+        prevent_cse=first != second)
+
+  if first == second:
+    carry, outs = jax.lax.scan(half(first), carry, None, length=2)
+    return carry, jax.tree.map(
+        lambda o: o.reshape((length,) + o.shape[2:]), outs)
+  carry, outs_1 = half(first)(carry)
+  carry, outs_2 = half(second)(carry)
+  return carry, jax.tree.map(lambda u, v: jnp.concatenate([u, v]), outs_1,
+                             outs_2)
+
+
 def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
                y: jax.Array, *, steps: int, loss_fn: LossFn, first_order: bool,
-               remat: bool, observe: Callable[[Params], Any] | None = None
+               remat: bool | str, observe: Callable[[Params], Any] | None = None
                ) -> tuple[Params, jax.Array, Any]:
   """Runs `steps` inner steps in one `lax.scan`; the shared core of the engine.
 
@@ -109,14 +180,17 @@ def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
     steps: number of inner steps K >= 0 (static).
     loss_fn: ``loss_fn(y_hat, y) -> []``.
     first_order: stop gradients through the inner gradients (FOMAML).
-    remat: checkpoint the scan body, so the backward pass stores only the carry
-      (the parameters) per step and recomputes the rest.
+    remat: rematerialization (see `remat_mode`): False/"none"; "step"
+      checkpoints the scan body, so the backward pass stores only the carry
+      (the parameters) per step, O(K); True/"nested" checkpoints recursively
+      (`nested_checkpoint_scan`), O(log K) stored parameter trees.
     observe: optional ``observe(params_k) -> pytree`` evaluated before each step.
 
   Returns:
     (θ_K, support losses before each step [K], stacked `observe` outputs with a
     leading [K] axis, or None).
   """
+  mode = remat_mode(remat)
 
   def support_loss(p):
     return loss_fn(apply_fn(p, x), y)
@@ -128,7 +202,10 @@ def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
       grads = jax.lax.stop_gradient(grads)
     return sgd_step(p, rates, grads), (loss, extra)
 
-  if remat:
+  if mode == "nested":
+    adapted, (losses, extras) = nested_checkpoint_scan(body, params, steps)
+    return adapted, losses, extras
+  if mode == "step":
     # prevent_cse=False is safe (and faster) inside scan (jax.checkpoint docs).
     body = jax.checkpoint(body, prevent_cse=False)
   adapted, (losses, extras) = jax.lax.scan(body, params, None, length=steps)
@@ -137,7 +214,7 @@ def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
 
 def inner_loop(apply_fn: ApplyFn, params: Params, alpha: Any, x: ArrayLike,
                y: ArrayLike, *, steps: int, loss_fn: LossFn = mse,
-               first_order: bool = False, remat: bool = False) -> Params:
+               first_order: bool = False, remat: bool | str = False) -> Params:
   """Adapts `params` to one task with K gradient steps θ ← θ − α ∘ ∇L_s(θ).
 
   .. math::
@@ -155,9 +232,12 @@ def inner_loop(apply_fn: ApplyFn, params: Params, alpha: Any, x: ArrayLike,
     loss_fn: ``loss_fn(y_hat, y) -> []``; default un-halved MSE.
     first_order: if True, the inner gradients are wrapped in `stop_gradient`, so
       dθ_K/dθ_0 = I (first-order MAML); gradients w.r.t. `alpha` still flow.
-    remat: if True, the scan body is wrapped in `jax.checkpoint`: the backward
-      pass keeps only θ_k per step instead of every intermediate of the
-      second-order computation. Values and gradients are unchanged.
+    remat: rematerialization of the inner loop in the backward pass; values
+      and gradients are unchanged. False/"none": store every intermediate of
+      the second-order computation (memory O(K)); "step": checkpoint each
+      step, storing only θ_k per step (O(K), smaller); True/"nested":
+      recursive checkpointing, O(log K) stored parameter trees for about
+      log₂K extra forward passes (`nested_checkpoint_scan`).
 
   Returns:
     The adapted parameters θ_K, same structure and dtypes as `params`.

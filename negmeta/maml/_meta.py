@@ -42,7 +42,7 @@ class AdaptationLosses(NamedTuple):
 
 
 def task_losses(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
-                *, steps: int, first_order: bool = False, remat: bool = False,
+                *, steps: int, first_order: bool = False, remat: bool | str = False,
                 loss_fn: LossFn = _inner.mse) -> jax.Array:
   """Query loss of each task after adapting on its support set.
 
@@ -54,7 +54,7 @@ def task_losses(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
     batch: B tasks.
     steps: inner steps K (static).
     first_order: first-order MAML (see `inner_loop`).
-    remat: checkpoint the inner scan body (see `inner_loop`).
+    remat: rematerialization of the inner loop (see `inner_loop`).
     loss_fn: ``loss_fn(y_hat, y) -> []``, used for both inner and query loss.
 
   Returns:
@@ -72,7 +72,7 @@ def task_losses(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
 
 
 def meta_loss(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
-              *, steps: int, first_order: bool = False, remat: bool = False,
+              *, steps: int, first_order: bool = False, remat: bool | str = False,
               loss_fn: LossFn = _inner.mse) -> jax.Array:
   r"""MAML meta-objective: mean over tasks of the query loss after adaptation.
 
@@ -90,7 +90,7 @@ def meta_loss(apply_fn: ApplyFn, params: Params, alpha: Any, batch: TaskBatch,
     batch: B tasks.
     steps: inner steps K (static).
     first_order: first-order MAML.
-    remat: checkpoint the inner scan body.
+    remat: rematerialization of the inner loop (see `inner_loop`).
     loss_fn: ``loss_fn(y_hat, y) -> []``.
 
   Returns:

@@ -80,7 +80,7 @@ def meta_train(apply_fn: ApplyFn, init_params: Params, alpha: Any,
                optimizer: optax.GradientTransformation,
                sample_batch: BatchSampler, key: jax.Array, *, num_steps: int,
                steps: int, meta_lr: ArrayLike = 1.0, first_order: bool = False,
-               remat: bool = False, learn_alpha: bool = False,
+               remat: bool | str = False, learn_alpha: bool = False,
                loss_fn: LossFn = _inner.mse) -> MetaTrainResult:
   """Meta-trains θ (and α if `learn_alpha`) for `num_steps` steps in one scan.
 
@@ -110,7 +110,7 @@ def meta_train(apply_fn: ApplyFn, init_params: Params, alpha: Any,
     steps: inner steps K (static).
     meta_lr: multiplier β of the optimizer's updates, shape [] (may be traced).
     first_order: first-order MAML meta-gradient.
-    remat: checkpoint the inner scan body.
+    remat: rematerialization of the inner loop (see `inner_loop`).
     learn_alpha: also meta-learn `alpha` (Meta-SGD when `alpha` is a
       per-parameter tree; a learned scalar or per-layer rate otherwise).
     loss_fn: ``loss_fn(y_hat, y) -> []`` for inner and query losses.
