@@ -11,6 +11,7 @@ from negmeta.linear import _maml, _sampler
 from negmeta.theory import linear as theory
 
 OVER = dict(p=12, n_t=6, n_v=2, n_r=5, m=3, sigma=0.7, nu=1.3, w0=0.4, omega0=-0.2)
+WIDE = dict(OVER, p=40)   # J = 2N + 1 = 13 or 4N + 2 = 26 generators < p: reduces
 UNDER = dict(p=5, n_t=3, n_v=4, n_r=6, m=7, sigma=0.7, nu=1.3, w0=0.4, omega0=-0.2)
 
 
@@ -166,6 +167,85 @@ class ExactTestLossTest(parameterized.TestCase):
     exact = float(_maml.exact_test_loss(omega[0], problem, alpha_r))
     self.assertLess(abs(mean - exact), 4 * se, msg=f"{mean} ± {se} vs {exact}")
     self.assertLess(se, 0.01 * exact)   # the check has power
+
+
+class ReducedProtocolTest(parameterized.TestCase):
+  """Test points drawn in the span of the error directions: same estimator law."""
+
+  def _setup(self, vary_r, kw=OVER, seed=20):
+    problem = _problem(**kw)
+    alpha_t = jnp.linspace(-1.5, 1.0, 6)
+    alpha_r = jnp.linspace(-0.3, 0.6, 6) if vary_r else jnp.full(6, 0.3)
+    plan = _maml.ProtocolPlan(vary_t=True, vary_r=vary_r)
+    train = _sampler.sample_meta_training(jax.random.key(seed), problem)
+    design = _maml.meta_design(train)
+    omega = _maml.meta_solution_path(design, problem.omega0, alpha_t).omega
+    ref, basis = _maml.omega_span(design, omega, problem.omega0, plan)
+    adapt = _sampler.sample_meta_test(jax.random.key(seed + 1), problem, 9, 0)
+    return problem, omega, alpha_r, plan, ref, basis, adapt
+
+  @staticmethod
+  def _errors(omega, adapt, alpha_r):
+    # w_t − θ_{t,g} from the explicit adaptation step, [T, G, p].
+    theta = jax.vmap(lambda om, a: jax.vmap(
+        lambda x, y: _maml.inner_step(om, x, y, a))(adapt.x_a, adapt.y_a))(omega, alpha_r)
+    return adapt.w[:, None, :] - jnp.swapaxes(theta, 0, 1)
+
+  @parameterized.product(vary_r=(False, True), kw=(OVER, WIDE))
+  def test_generators_reproduce_every_error_direction(self, vary_r, kw):
+    problem, omega, alpha_r, plan, ref, basis, adapt = self._setup(vary_r, kw)
+    np.testing.assert_allclose(omega - ref, (omega - ref) @ basis @ basis.T, atol=1e-12)
+    gens, coef = _maml.protocol_generators(omega, ref, basis, adapt, alpha_r, plan)
+    self.assertEqual(gens.shape[-1], plan.num_generators(problem.p, problem.num_validation))
+    np.testing.assert_allclose(jnp.einsum("tpj,jg->tgp", gens, coef),
+                               self._errors(omega, adapt, alpha_r), atol=1e-12)
+
+  def test_fixed_alpha_t_uses_two_generators(self):
+    problem = _problem(**OVER)
+    plan = _maml.ProtocolPlan(vary_t=False, vary_r=True)
+    omega = jnp.broadcast_to(jax.random.normal(jax.random.key(3), (12,)), (4, 12))
+    alpha_r = jnp.linspace(0.0, 0.6, 4)
+    ref, basis = _maml.omega_span(None, omega, problem.omega0, plan)
+    adapt = _sampler.sample_meta_test(jax.random.key(4), problem, 5, 0)
+    gens, coef = _maml.protocol_generators(omega, ref, basis, adapt, alpha_r, plan)
+    self.assertEqual(gens.shape, (5, 12, 2))
+    np.testing.assert_allclose(jnp.einsum("tpj,jg->tgp", gens, coef),
+                               self._errors(omega, adapt, alpha_r), atol=1e-12)
+
+  def test_adaptation_data_do_not_depend_on_the_test_points(self):
+    problem = _problem(**OVER)
+    a = _sampler.sample_meta_test(jax.random.key(5), problem, 4, 0)
+    b = _sampler.sample_meta_test(jax.random.key(5), problem, 4, 30)
+    chex.assert_trees_all_equal((a.w, a.x_a, a.y_a), (b.w, b.x_a, b.y_a))
+
+  @parameterized.product(vary_r=(False, True), kw=(OVER, WIDE))
+  def test_same_law_as_the_direct_protocol(self, vary_r, kw):
+    # Given the adaptation data, both estimators average ½(x_sᵀd + z_s)² over
+    # fresh test points: equal means (½(σ² + mean_t ‖d_t‖²), exactly) and equal
+    # spreads. 3000 draws each; means within 4 s.e., spreads within 4 s.e. of 1.
+    problem, omega, alpha_r, plan, ref, basis, adapt = self._setup(vary_r, kw)
+    p, n, points = problem.p, 3000, 20
+    reduced = jax.vmap(lambda k: _maml.protocol_test_loss_reduced(
+        k, omega, ref, basis, adapt, alpha_r, problem.sigma, points, plan))(
+            jax.random.split(jax.random.key(30), n))
+
+    def direct(k):
+      k_x, k_z = jax.random.split(k)
+      x_b = jax.random.normal(k_x, (adapt.w.shape[0], points, p))
+      z = jax.random.normal(k_z, (adapt.w.shape[0], points))
+      y_b = jnp.einsum("tnp,tp->tn", x_b, adapt.w) + problem.sigma * z
+      return _maml.protocol_test_loss(omega, adapt._replace(x_b=x_b, y_b=y_b), alpha_r)
+
+    direct_draws = jax.vmap(direct)(jax.random.split(jax.random.key(31), n))
+    d = self._errors(omega, adapt, alpha_r)
+    expected = 0.5 * (problem.sigma**2 + jnp.mean(jnp.sum(d**2, -1), axis=0))
+    for draws in (reduced, direct_draws):
+      se = draws.std(0) / np.sqrt(n)
+      np.testing.assert_array_less(jnp.abs(draws.mean(0) - expected), 4 * se)
+    ratio = reduced.std(0) / direct_draws.std(0)
+    # s.e. of the ratio of two independent sample s.d.'s ≈ √(2(κ−1)/(4n)); the
+    # estimators are averages of many squares, near normal (κ ≈ 3); allow κ ≤ 4.
+    np.testing.assert_array_less(jnp.abs(ratio - 1.0), 4 * np.sqrt(2 * 3 / (4 * n)))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class OneTraceTest(absltest.TestCase):
 
   def test_whole_sweeps_trace_once(self):
     counted = jax.jit(chex.assert_max_traces(_sweep._simulate_chunk, n=1),
-                      static_argnames=("test_tasks", "test_points", "conditional"))
+                      static_argnames=_sweep.STATIC_ARGNAMES)
     with mock.patch.object(_sweep, "simulate_chunk", counted):
       # 5 chunks of 4 runs (last one padded), then new grid values, new rates and
       # new σ, ν: all reuse the single trace.

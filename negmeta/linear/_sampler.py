@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from negmeta import problems
+from negmeta import _prng, problems
 
 
 class TaskBatch(NamedTuple):
@@ -44,14 +44,18 @@ def sample_tasks(key: jax.Array, problem: problems.MixedLinearRegression,
   Returns:
     A TaskBatch with the shapes documented there, in the dtype of `problem.w0`.
   """
-  k_w, k_xa, k_za, k_xb, k_zb = jax.random.split(key, 5)
+  # Two flat draws (negmeta._prng): the first split's data do not depend on n_b.
+  k_a, k_b = jax.random.split(key)
   p, dtype = problem.p, problem.w0.dtype
-  normal = lambda k, shape: jax.random.normal(k, shape, dtype)  # noqa: E731
-  w = problem.w0 + problem.nu / jnp.sqrt(p) * normal(k_w, (num_tasks, p))
-  x_a = normal(k_xa, (num_tasks, n_a, p))
-  x_b = normal(k_xb, (num_tasks, n_b, p))
-  y_a = jnp.einsum("tnp,tp->tn", x_a, w) + problem.sigma * normal(k_za, (num_tasks, n_a))
-  y_b = jnp.einsum("tnp,tp->tn", x_b, w) + problem.sigma * normal(k_zb, (num_tasks, n_b))
+  dw, x_a, z_a = _prng.normals(k_a, [(num_tasks, p), (num_tasks, n_a, p),
+                                     (num_tasks, n_a)], dtype)
+  if n_b:
+    x_b, z_b = _prng.normals(k_b, [(num_tasks, n_b, p), (num_tasks, n_b)], dtype)
+  else:
+    x_b, z_b = jnp.zeros((num_tasks, 0, p), dtype), jnp.zeros((num_tasks, 0), dtype)
+  w = problem.w0 + problem.nu / jnp.sqrt(p) * dw
+  y_a = jnp.einsum("tnp,tp->tn", x_a, w) + problem.sigma * z_a
+  y_b = jnp.einsum("tnp,tp->tn", x_b, w) + problem.sigma * z_b
   return TaskBatch(w=w, x_a=x_a, y_a=y_a, x_b=x_b, y_b=y_b)
 
 

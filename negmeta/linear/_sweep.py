@@ -56,7 +56,8 @@ class RunValues(NamedTuple):
 
 def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
                  alpha_t: jax.Array, alpha_r: jax.Array, *, test_tasks: int,
-                 test_points: int, conditional: bool = False) -> RunValues:
+                 test_points: int, conditional: bool = False,
+                 plan: _maml.ProtocolPlan | None = None) -> RunValues:
   """One run for a whole grid: meta-train at every α_t, evaluate with α_r.
 
   Args:
@@ -67,20 +68,35 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
     test_points: test points per new task (static).
     conditional: also compute `conditional_loss` (static; costs one extra
       min(N, p)-sized solve with N right-hand sides per grid value).
+    plan: which rates vary along the grid (static, see `protocol_plan`). When
+      given and it reduces the work, the protocol estimator draws each test
+      point only in the span of the test-error directions
+      (`_maml.protocol_test_loss_reduced`: same distribution, fewer draws);
+      None: the direct protocol with full p-dimensional test points.
 
   Returns:
     RunValues of shape [G] each.
   """
   k_train, k_test = jax.random.split(key)
   train = _sampler.sample_meta_training(k_train, problem)
-  test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
-  solution = _maml.meta_solution_path(_maml.meta_design(train), problem.omega0, alpha_t)
+  design = _maml.meta_design(train)
+  solution = _maml.meta_solution_path(design, problem.omega0, alpha_t)
+  if plan is not None and plan.reduces(problem.p, problem.num_validation):
+    # Same adaptation data as the direct protocol (same key, no test points).
+    adapt = _sampler.sample_meta_test(k_test, problem, test_tasks, 0)
+    ref, basis = _maml.omega_span(design, solution.omega, problem.omega0, plan)
+    protocol = _maml.protocol_test_loss_reduced(
+        jax.random.fold_in(k_test, 1), solution.omega, ref, basis, adapt, alpha_r,
+        problem.sigma, test_points, plan)
+  else:
+    test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
+    protocol = _maml.protocol_test_loss(solution.omega, test, alpha_r)
   cond = (_maml.expected_distance_given_inputs(train, problem, alpha_t) if conditional
           else jnp.full_like(alpha_t, jnp.nan))
   return RunValues(
       distance=jnp.sum((solution.omega - problem.w0) ** 2, axis=-1),
       exact_loss=_maml.exact_test_loss(solution.omega, problem, alpha_r),
-      protocol_loss=_maml.protocol_test_loss(solution.omega, test, alpha_r),
+      protocol_loss=protocol,
       rcond=solution.rcond,
       inner_gap=_maml.inner_step_gap(train, alpha_t),
       conditional_distance=cond,
@@ -88,15 +104,16 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
 
 
 def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
-                    conditional=False):
+                    conditional=False, plan=None):
   run = functools.partial(simulate_run, problem=problem, alpha_t=alpha_t,
                           alpha_r=alpha_r, test_tasks=test_tasks,
-                          test_points=test_points, conditional=conditional)
+                          test_points=test_points, conditional=conditional, plan=plan)
   return jax.vmap(run)(keys)
 
 
+STATIC_ARGNAMES = ("test_tasks", "test_points", "conditional", "plan")
 simulate_chunk: Callable[..., RunValues] = jax.jit(
-    _simulate_chunk, static_argnames=("test_tasks", "test_points", "conditional"))
+    _simulate_chunk, static_argnames=STATIC_ARGNAMES)
 simulate_chunk.__doc__ = """Runs keys [B] → RunValues [B, G] (jitted; the B runs are vmapped).
 
 Args:
@@ -105,6 +122,7 @@ Args:
   alpha_t, alpha_r: grid, [G] each.
   test_tasks, test_points: static evaluation sizes.
   conditional: also compute RunValues.conditional_loss (static).
+  plan: optional static ProtocolPlan (see `simulate_run`, `protocol_plan`).
 """
 
 
@@ -170,6 +188,14 @@ def default_batch_size(problem: problems.MixedLinearRegression, grid_size: int,
   return max(1, int(budget_bytes // (8 * floats)))
 
 
+def protocol_plan(alpha_t, alpha_r) -> _maml.ProtocolPlan:
+  """The static structure of a grid: which of α_t, α_r vary along it."""
+  at, ar = np.broadcast_arrays(np.atleast_1d(np.asarray(alpha_t)),
+                               np.atleast_1d(np.asarray(alpha_r)))
+  return _maml.ProtocolPlan(vary_t=bool(np.any(at != at[0])),
+                            vary_r=bool(np.any(ar != ar[0])))
+
+
 def _grid_arrays(alpha_t, alpha_r, dtype):
   at = jnp.atleast_1d(jnp.asarray(alpha_t, dtype))
   ar = jnp.atleast_1d(jnp.asarray(alpha_r, dtype))
@@ -181,7 +207,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
               batch_size: int | None = None, chunk_runs: int | None = None,
               store: io.ChunkStore | None = None,
               mesh: jax.sharding.Mesh | None = None, conditional: bool = False,
-              on_chunk: Callable[[int, int, bool], None] | None = None
+              reduced_protocol: bool = True, on_chunk: Callable[[int, int, bool], None] | None = None
               ) -> RunValues:
   """Simulates `runs` runs on a grid of (α_t, α_r) pairs.
 
@@ -199,11 +225,15 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     mesh: optional mesh (see `runs_mesh`); runs of each batch are sharded over
       its devices.
     conditional: also compute the conditional (Rao-Blackwellized) estimator.
+    reduced_protocol: draw the protocol's test points only in the span of the
+      test-error directions (same estimator distribution, fewer draws; see
+      `_maml.protocol_test_loss_reduced`). False: full p-dimensional points.
     on_chunk: optional callback(index, total, loaded_from_store).
 
   Returns:
     RunValues of NumPy arrays [R, G].
   """
+  plan = protocol_plan(alpha_t, alpha_r) if reduced_protocol else None
   alpha_t, alpha_r = _grid_arrays(alpha_t, alpha_r, problem.w0.dtype)
   grid_size = alpha_t.shape[0]
   b = batch_size or default_batch_size(problem, grid_size, test_tasks, test_points)
@@ -233,7 +263,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
           keys = jax.device_put(keys, sharding)
         batches.append(simulate_chunk(keys, problem, alpha_t, alpha_r,
                                       test_tasks=test_tasks, test_points=test_points,
-                                      conditional=conditional))
+                                      conditional=conditional, plan=plan))
       saved = {k: np.concatenate([np.asarray(getattr(o, k)).reshape(b, grid_size)
                                   for o in batches])[:valid]
                for k in RunValues._fields}

@@ -308,6 +308,7 @@ def sweep_identity(config: LinearSweepConfig) -> dict[str, Any]:
   ident = dataclasses.asdict(config)
   ident.pop("batch_size")   # batching does not change per-run values
   ident["jax"] = jax.__version__
+  ident["protocol"] = "reduced"   # test points drawn in the error span (_maml)
   return ident
 
 
