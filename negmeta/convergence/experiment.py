@@ -19,8 +19,8 @@ Presets (each fixes the problem and the classification criterion):
                  direction shrank below 1e-3 of its initial norm (the loss has a
                  non-zero floor, and first-order MAML's fixed point is not the
                  meta-loss minimiser).
-  sinusoid       the 1-40-40-1 ReLU MLP (cbfinn init) on a fixed pool of 4
-                 sinusoid tasks, 10 support + 10 query points, full batch, 300
+  sinusoid       the 1-40-40-1 ReLU MLP (cbfinn init) on a fixed pool of 3
+                 sinusoid tasks, 10 support + 10 query points, full batch, 200
                  steps, float32; converged iff the meta-training loss fell below
                  half its initial value. The boundary is predicted from the top
                  Hessian eigenvalues (Lanczos) of the α = 0 meta-loss at the
@@ -113,10 +113,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         beta_num=64, iterations=500, dtype="float64",
         criterion=maps.Criterion(maps.UPDATE_NORM, 1e-3, relative=True)),
     "sinusoid": dict(
-        problem=dict(num_tasks=4, n_support=10, n_query=10, lanczos_iters=64,
+        problem=dict(num_tasks=3, n_support=10, n_query=10, lanczos_iters=64,
                      top_k=8),
         alpha_min=-0.3, alpha_max=0.3, alpha_num=65, beta_min=1e-2, beta_max=10.0,
-        beta_num=64, iterations=300, dtype="float32",
+        beta_num=64, iterations=200, dtype="float32",
         criterion=maps.Criterion(maps.LOSS, 0.5, relative=True)),
 }
 

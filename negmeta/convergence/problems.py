@@ -11,7 +11,7 @@ of `negmeta.theory.convergence` apply with
 Problems:
   takagi_linear: Takagi et al. (MetaLearn 2019, App. C): one task y = a·x + b,
     x ~ U[−5, 5], model ŷ = w·x + c, the same points for the inner and outer step.
-  mixed_linear: Bernacchia's mixed linear regression (`negmeta.problems`), a fixed
+  mixed_linear: Bernacchia's mixed linear regression, a fixed
     set of m tasks with separate support and query points.
   sinusoid_pool: a fixed pool of sinusoid tasks (Finn et al. 2017) for the
     1-40-40-1 MLP; not quadratic.
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from negmeta import linear, maml, problems
+from negmeta import maml
 from negmeta.tasks import sample_sinusoid_batch
 
 TAKAGI_INPUT_RANGE = (-5.0, 5.0)
@@ -87,8 +87,10 @@ def mixed_linear(key: jax.Array, *, p: int, num_tasks: int, n_support: int,
                  ) -> QuadraticProblem:
   """A fixed draw of m mixed-linear-regression tasks with separate support/query.
 
-  x ~ N(0, I_p), w_i ~ N(w_0, ν²/p I_p), y = w_iᵀx + z, z ~ N(0, σ²) (drawn by
-  `negmeta.linear.sample_meta_training`). θ_0 = ω_0.
+  Bernacchia's model (`negmeta.problems.MixedLinearRegression`): x ~ N(0, I_p),
+  w_i ~ N(w_0, ν²/p I_p), y = w_iᵀx + z, z ~ N(0, σ²). Drawn here (not by
+  `negmeta.linear`'s sampler) so that a map's data depend only on this function
+  and the seed. θ_0 = ω_0.
 
   Args:
     key: PRNG key for the tasks.
@@ -102,12 +104,17 @@ def mixed_linear(key: jax.Array, *, p: int, num_tasks: int, n_support: int,
   Returns:
     A QuadraticProblem with T = m, d = p.
   """
-  spec = problems.mixed_linear_regression(
-      p=p, n_t=n_support, n_v=n_query, n_r=1, m=num_tasks, sigma=sigma, nu=nu,
-      w0=w0, omega0=omega0, dtype=dtype)
-  tasks = linear.sample_meta_training(key, spec)
-  batch = maml.TaskBatch(tasks.x_a, tasks.y_a, tasks.x_b, tasks.y_b)
-  return QuadraticProblem(batch, spec.omega0)
+  dtype = jnp.zeros((), dtype).dtype
+  k_w, k_xs, k_zs, k_xq, k_zq = jax.random.split(key, 5)
+  normal = lambda k, shape: jax.random.normal(k, shape, dtype)  # noqa: E731
+  # w_i = w_0 + ν/√p · N(0, I_p)   (E‖w_i − w_0‖² = ν²)
+  w = w0 + nu / jnp.sqrt(jnp.asarray(p, dtype)) * normal(k_w, (num_tasks, p))
+  x_s = normal(k_xs, (num_tasks, n_support, p))
+  x_q = normal(k_xq, (num_tasks, n_query, p))
+  y_s = jnp.einsum("tnp,tp->tn", x_s, w) + sigma * normal(k_zs, (num_tasks, n_support))
+  y_q = jnp.einsum("tnp,tp->tn", x_q, w) + sigma * normal(k_zq, (num_tasks, n_query))
+  return QuadraticProblem(maml.TaskBatch(x_s, y_s, x_q, y_q),
+                          jnp.full((p,), omega0, dtype))
 
 
 def sinusoid_pool(key: jax.Array, *, num_tasks: int, k_support: int, k_query: int,

@@ -1,0 +1,320 @@
+"""Convergence maps over (α, β): engine, classification, theory agreement, binary.
+
+The linear maps run the real presets on smaller grids (17 α × 24 β, every cell a
+500-step full-batch run); they are computed once per (preset, method) and shared.
+"""
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, flagsaver, parameterized
+
+from negmeta import _checks, maml
+from negmeta.convergence import experiment, maps, problems
+from negmeta.theory import convergence
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+from experiments import convergence_map  # noqa: E402
+
+BINARY = os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
+                      "convergence_map.py")
+LINEAR_CASES = (("takagi_maml", "takagi_linear", "maml"),
+                ("takagi_fomaml", "takagi_linear", "fomaml"),
+                ("mixed_maml", "mixed_linear", "maml"),
+                ("mixed_fomaml", "mixed_linear", "fomaml"))
+C, N, D = maps.CONVERGED, maps.NOT_YET_CONVERGED, maps.DIVERGED
+
+
+@functools.lru_cache(maxsize=None)
+def linear_map(preset, method):
+  return experiment.run(experiment.preset(preset, method=method, alpha_num=17,
+                                          beta_num=24))
+
+
+def _log_step(beta):
+  return math.log(beta[-1] / beta[0]) / (len(beta) - 1)
+
+
+class ClassificationTest(absltest.TestCase):
+
+  def test_classify_loss_absolute_and_relative(self):
+    final = np.array([1e-3, 0.7, 2.0, np.nan, 0.009, 0.011])
+    initial = np.array([1.0, 1.0, 1.0, 1.0, 0.001, 1.0])
+    nonfinite = np.array([False, False, False, True, False, False])
+    absolute = maps.classify(final, initial, nonfinite, maps.Criterion("loss", 1e-2))
+    # 0.009 < 1e-2 but grew from 0.001: diverged wins over the threshold.
+    np.testing.assert_array_equal(absolute, [C, N, D, D, D, N])
+    relative = maps.classify(final, initial, nonfinite,
+                             maps.Criterion("loss", 0.6, relative=True))
+    np.testing.assert_array_equal(relative, [C, N, D, D, D, C])
+
+  def test_away_from_boundary_and_agreement(self):
+    pred = np.full((6, 7), C, np.int8)
+    pred[:, 4:] = D
+    away = maps.away_from_boundary(pred)
+    np.testing.assert_array_equal(away.any(axis=0),
+                                  [True, True, True, False, False, True, True])
+    emp = pred.copy()
+    emp[0, 3] = N          # next to the boundary: not counted
+    emp[2, 0] = D          # away from it: counted, wrong
+    emp[5, 6] = N          # away, not yet converged: counted, wrong, undecided
+    a = maps.agreement(emp, pred)
+    self.assertEqual(a.counted, 6 * 5)
+    self.assertEqual((a.disagreeing, a.not_yet_counted), (2, 1))
+    self.assertAlmostEqual(a.share, 1 - 2 / 30)
+    self.assertAlmostEqual(a.decided_share, 1 - 1 / 29)
+
+  def test_empirical_boundary(self):
+    beta = np.array([0.1, 0.2, 0.4, 0.8])
+    cls = np.array([[C, C, D, D], [C, N, N, N], [D, D, D, D], [C, D, C, D]])
+    eb = maps.empirical_boundary(cls, beta)
+    np.testing.assert_array_equal(eb.beta_c, [0.4, np.nan, 0.1, 0.2])
+    np.testing.assert_array_equal(eb.beta_below, [0.2, np.nan, np.nan, 0.1])
+    np.testing.assert_array_equal(eb.monotone, [True, True, True, False])
+
+
+class EngineTest(absltest.TestCase):
+
+  def _takagi(self, seed=0, num_points=20):
+    return problems.takagi_linear(jax.random.key(seed), num_points=num_points)
+
+  def test_one_trace_for_new_grid_values_and_data(self):
+    kernel = jax.jit(chex.assert_max_traces(maps.map_kernel, n=1),
+                     static_argnames=("apply_fn", "method", "iterations"))
+    run = functools.partial(kernel, problems.linear_apply, method="maml",
+                            iterations=5)
+    p1, p2 = self._takagi(0), self._takagi(1)
+    out1 = run(p1.theta0, p1.batch, jnp.linspace(-0.1, 0.1, 3), jnp.geomspace(0.01, 1, 4))
+    out2 = run(p2.theta0 + 1.0, p2.batch, jnp.linspace(-0.3, 0.2, 3),
+               jnp.geomspace(0.02, 5, 4))
+    self.assertFalse(np.allclose(out1.final_loss, out2.final_loss))
+    # The counter is live: a new grid shape must trace again.
+    with self.assertRaises(AssertionError):
+      run(p1.theta0, p1.batch, jnp.linspace(-0.1, 0.1, 4), jnp.geomspace(0.01, 1, 4))
+
+  def test_diverging_cells_do_not_change_other_cells(self):
+    prob = self._takagi()
+    alpha = jnp.array([-0.05, 0.0, 0.04])
+
+    def run(last_beta):
+      beta = jnp.array([0.01, 0.05, last_beta, 0.08])
+      return jax.tree.map(np.asarray, maps.run_map(
+          problems.linear_apply, prob.theta0, prob.batch, alpha, beta,
+          method="maml", iterations=200))
+
+    safe, wild = run(0.02), run(1e8)
+    self.assertFalse(safe.nonfinite.any())
+    self.assertTrue(wild.nonfinite[:, 2].all())       # overflowed, did not crash
+    self.assertTrue(np.isnan(wild.final_loss[:, 2]).all())
+    self.assertTrue((wild.nonfinite_step[:, 2] >= 0).all())
+    keep = np.array([0, 1, 3])
+    for name in ("final_loss", "initial_loss", "final_update_norm",
+                 "initial_update_norm", "nonfinite", "nonfinite_step"):
+      np.testing.assert_array_equal(getattr(wild, name)[:, keep],
+                                    getattr(safe, name)[:, keep], err_msg=name)
+    np.testing.assert_array_equal(wild.final_params[:, keep], safe.final_params[:, keep])
+
+  def test_quadratic_problem_matches_engine_loss_and_hessians(self):
+    prob = problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
+                                 n_query=6, sigma=0.3, nu=1.0, w0=0.5)
+    theta = jnp.array([0.3, -0.2, 0.1, 0.7])
+
+    @jax.jit
+    def both(prob, theta):
+      S, Q, s_star, q_star = problems.hessians(prob)
+      loss = lambda t: maml.meta_loss(problems.linear_apply, t, 0.2, prob.batch,
+                                      steps=1)
+      closed = (problems.meta_loss(prob, theta, 0.2),
+                convergence.meta_gradient(theta, 0.2, S, Q, s_star, q_star, "maml"),
+                convergence.meta_hessian(0.2, S, Q, "maml"))
+      return closed, (loss(theta), jax.grad(loss)(theta), jax.hessian(loss)(theta))
+
+    closed, autodiff = both(prob, theta)
+    for c, a in zip(closed, autodiff):
+      np.testing.assert_allclose(c, a, rtol=1e-11, atol=1e-13)
+
+
+class LinearMapTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*LINEAR_CASES)
+  def test_agreement_away_from_boundary(self, preset, method):
+    res = linear_map(preset, method)
+    cells = res.config.alpha_num * res.config.beta_num
+    horizon = res.summary["agreement"]["exact_at_horizon"]
+    self.assertGreaterEqual(horizon["share"], 0.99, msg=horizon)
+    self.assertGreater(horizon["cells_counted"], 0.6 * cells)
+    # The counted cells hold both outcomes, so the share is not vacuous.
+    counted = res.arrays["away_from_boundary"]
+    emp = res.arrays["empirical_class"]
+    self.assertGreater(np.sum(counted & (emp == C)), 0.15 * cells)
+    self.assertGreater(np.sum(counted & (emp == D)), 0.15 * cells)
+    # Against the spectral radius alone: no decided run contradicts it; cells not
+    # yet converged after 500 steps are all on its converging side.
+    asym = res.summary["agreement"]["exact_asymptotic"]
+    self.assertGreaterEqual(asym["share_of_decided_cells"], 0.99, msg=asym)
+    pred = res.arrays["predicted_class_asymptotic"]
+    self.assertTrue(np.all(pred[counted & (emp == N)] == C))
+    # The exact T-step map reproduces the runs' final losses.
+    self.assertLess(res.summary["max_abs_final_loss_gap_converged_cells"], 1e-8)
+
+  @parameterized.named_parameters(*LINEAR_CASES)
+  def test_beta_c_at_alpha_zero_is_two_over_lambda_max(self, preset, method):
+    res = linear_map(preset, method)
+    b0 = res.summary["beta_c_at_alpha0"]
+    self.assertEqual(b0["alpha"], 0.0)
+    self.assertTrue(b0["within_one_grid_step"], msg=b0)
+    self.assertLessEqual(abs(math.log(b0["empirical_beta_c"] / b0["two_over_lambda_max"])),
+                         _log_step(res.arrays["beta"]) + 1e-12)
+    # At α = 0 both methods are gradient descent on mean_i L_i^Q: J = H exactly.
+    self.assertAlmostEqual(b0["predicted_beta_c_at_alpha"] / b0["two_over_lambda_max"],
+                           1.0, places=10)
+
+  @parameterized.named_parameters(*LINEAR_CASES)
+  def test_boundary_tightens_for_negative_alpha_as_predicted(self, preset, method):
+    res = linear_map(preset, method)
+    alpha, beta = res.arrays["alpha"], res.arrays["beta"]
+    neg = alpha <= 0
+    exact = res.arrays["beta_c_predicted"][neg]
+    self.assertTrue(np.all(np.diff(exact) > 0), msg=exact)   # theory: tightens
+    emp = res.arrays["empirical_beta_c"][neg]
+    np.testing.assert_array_less(np.abs(np.log(emp / exact)), _log_step(beta) + 1e-12)
+    tight = res.summary["negative_alpha"]
+    self.assertLess(tight["empirical_beta_c_ratio"], 0.8)
+    self.assertLess(abs(math.log(tight["empirical_beta_c_ratio"]
+                                 / tight["predicted_beta_c_ratio"])),
+                    2 * _log_step(beta))
+
+  def test_takagi_formula_misses_maml_tightening(self):
+    # One task, same data: Takagi's boundary is FOMAML's exactly, while exact MAML
+    # diverges between λ(1 − αλ)² and λ(1 − αλ) at α < 0.
+    maml_res = linear_map("takagi_linear", "maml")
+    fo_res = linear_map("takagi_linear", "fomaml")
+    np.testing.assert_allclose(fo_res.arrays["beta_c_predicted"],
+                               fo_res.arrays["beta_c_takagi"], rtol=1e-10)
+    self.assertGreaterEqual(
+        fo_res.summary["agreement"]["takagi_asymptotic"]["share_of_decided_cells"], 0.99)
+    beta = maml_res.arrays["beta"]
+    exact, takagi = maml_res.arrays["beta_c_predicted"], maml_res.arrays["beta_c_takagi"]
+    between = ((maml_res.arrays["alpha"] < 0)[:, None]
+               & (beta[None, :] > exact[:, None] * math.exp(_log_step(beta)))
+               & (beta[None, :] < takagi[:, None]))
+    self.assertGreaterEqual(between.sum(), 5)
+    self.assertTrue(np.all(maml_res.arrays["empirical_class"][between] == D))
+    self.assertLess(
+        maml_res.summary["agreement"]["takagi_asymptotic"]["share"], 0.95)
+
+
+class SinusoidMapTest(absltest.TestCase):
+
+  def test_small_sinusoid_map(self):
+    # α <= 0 only: for α > 0 the one-task formula overstates stability near
+    # α = 1/λ_max (docs/convergence_maps.md).
+    res = experiment.run(experiment.preset("sinusoid", alpha_num=3, beta_num=8,
+                                           iterations=40, alpha_min=-0.2,
+                                           alpha_max=0.0, beta_min=0.03))
+    s = res.summary
+    eig = s["hessian_eigenvalues"]
+    self.assertGreater(eig["lambda_max"], 0)
+    self.assertEqual(eig["top"][0], eig["lambda_max"])
+    self.assertTrue(np.all(np.diff(eig["top"]) <= 0))
+    i0 = int(np.argmin(np.abs(res.arrays["alpha"])))
+    self.assertAlmostEqual(res.arrays["beta_c_predicted"][i0] * eig["lambda_max"], 2.0,
+                           places=9)
+    self.assertEqual(res.arrays["final_loss"].shape, (3, 8))
+    emp = res.arrays["empirical_class"]
+    self.assertTrue(np.isnan(res.arrays["final_loss"][emp == D][
+        res.arrays["nonfinite"][emp == D]]).all())
+    div = s["diverged_on_predicted_side"]
+    self.assertGreater(div["diverged_cells"], 0)
+    self.assertEqual(div["on_predicted_convergent_side"], 0, msg=div)
+
+
+def _run_binary(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, BINARY, *args], capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+class BinaryTest(parameterized.TestCase):
+
+  def test_tiny_map_end_to_end(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _run_binary(f"--workdir={workdir}", "--method=fomaml", "--alpha_num=5",
+                         "--beta_num=6", "--iterations=50", "--seed=3")
+      self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
+      self.assertIn("agreement vs exact at horizon", proc.stdout)
+      self.assertIn("2/λ_max", proc.stdout)
+      self.assertEqual(sorted(os.listdir(workdir)),
+                       ["map.npz", "results.json", "takagi_linear_fomaml_map.png"])
+      with open(os.path.join(workdir, "results.json")) as f:
+        rec = json.load(f)
+      self.assertEqual((rec["config"]["method"], rec["config"]["seed"]), ("fomaml", 3))
+      self.assertIn("jax", rec["runtime"]["versions"])
+      self.assertIn("converged", rec["criterion"])
+      for key in ("agreement_share", "hessian_eigenvalues", "beta_c_at_alpha0",
+                  "boundary", "counts"):
+        self.assertIn(key, rec)
+      self.assertEqual(len(rec["hessian_eigenvalues"]["values"]), 2)
+      self.assertEqual(sum(rec["counts"].values()), 30)
+      data = np.load(os.path.join(workdir, "map.npz"))
+      self.assertEqual(data["empirical_class"].shape, (5, 6))
+      self.assertEqual(data["predicted_class"].shape, (5, 6))
+      np.testing.assert_allclose(data["alpha"], np.linspace(-0.1, 0.1, 5))
+      np.testing.assert_allclose(data["beta"], np.geomspace(5e-3, 9.0, 6))
+      agree = maps.agreement(data["empirical_class"], data["predicted_class"])
+      self.assertAlmostEqual(agree.share, rec["agreement_share"])
+      with open(os.path.join(workdir, "takagi_linear_fomaml_map.png"), "rb") as f:
+        self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+  @parameterized.named_parameters(
+      ("grid_too_small", ["--alpha_num=1"], "--alpha_num: must be an integer in [2,"),
+      ("non_positive_beta", ["--beta_min=0"], "--beta_min: must be a finite real number > 0"),
+      ("reversed_alpha", ["--alpha_min=0.2", "--alpha_max=0.1"],
+       "--alpha_max: must be > --alpha_min=0.2"),
+      ("bad_method", ["--method=sgd"], "--method: must be one of maml, fomaml"),
+      ("not_a_number", ["--iterations=many"], "--iterations: must be an integer"),
+      ("bad_preset", ["--preset=omniglot"], "--preset: must be one of"),
+      ("no_workdir", [], "--workdir: is required"),
+  )
+  def test_bad_input_in_process(self, flag_args, message):
+    # The binary's main, in this process (no JAX start-up per case).
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      args = flag_args + ([f"--workdir={workdir}"] if flag_args else [])
+      with flagsaver.flagsaver():
+        convergence_map.flags.FLAGS.unparse_flags()
+        convergence_map.flags.FLAGS(["convergence_map", *args])
+        with self.assertRaises(SystemExit) as ctx:
+          convergence_map.main(["convergence_map"])
+      text = str(ctx.exception.code)
+      self.assertEqual(len(text.splitlines()), 1, msg=text)
+      self.assertTrue(text.startswith("convergence_map: error: --"), msg=text)
+      self.assertIn(message, text)
+      self.assertFalse(os.path.exists(workdir))
+
+  def test_bad_input_subprocess(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _run_binary(f"--workdir={workdir}", "--beta_max=1e-4")
+      self.assertEqual(proc.returncode, 1)
+      self.assertEqual(proc.stderr.strip().splitlines(), [
+          "convergence_map: error: --beta_max: must be > --beta_min=0.005 (got 0.0001)"])
+      self.assertFalse(os.path.exists(workdir))
+
+  def test_library_rejects_contradicting_the_preset(self):
+    with self.assertRaisesRegex(_checks.ConfigError, "^criterion: is fixed by"):
+      experiment.preset("takagi_linear", criterion=maps.Criterion("loss", 0.5))
+
+
+if __name__ == "__main__":
+  absltest.main()
