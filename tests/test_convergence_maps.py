@@ -227,8 +227,14 @@ class SinusoidMapTest(absltest.TestCase):
     self.assertEqual(eig["top"][0], eig["lambda_max"])
     self.assertTrue(np.all(np.diff(eig["top"]) <= 0))
     i0 = int(np.argmin(np.abs(res.arrays["alpha"])))
-    self.assertAlmostEqual(res.arrays["beta_c_predicted"][i0] * eig["lambda_max"], 2.0,
+    self.assertEqual(res.arrays["alpha"][i0], 0.0)
+    self.assertAlmostEqual(res.arrays["beta_c_formula"][i0] * eig["lambda_max"], 2.0,
                            places=9)
+    # At α = 0 the MAML meta-Hessian is H itself.
+    np.testing.assert_allclose(res.arrays["meta_hessian_lambda_max"][i0],
+                               eig["lambda_max"], rtol=1e-6)
+    # Negative α sharpens the meta-Hessian: the predicted boundary tightens.
+    self.assertTrue(np.all(np.diff(res.arrays["beta_c_predicted"]) > 0))
     self.assertEqual(res.arrays["final_loss"].shape, (3, 8))
     emp = res.arrays["empirical_class"]
     self.assertTrue(np.isnan(res.arrays["final_loss"][emp == D][

@@ -59,10 +59,17 @@ def map_figure(result):
   lo, hi = be[0], be[-1]
   linear = c.preset != "sinusoid"
   pred_label = (f"exact β_c(α), {c.method}" if linear else
-                f"Hessian-predicted β_c(α), {c.method} formula")
+                "min 2/(λ − αλ²), top eigenvalues of H")
+  if "dense_beta_c_predicted" in a:
+    pred_x, pred_y = a["dense_alpha"], a["dense_beta_c_predicted"]
+  else:
+    pred_x, pred_y = alpha, a["beta_c_predicted"]
+    pred_label = "2/λ_max of the MAML meta-Hessian ∇²L_α at the trained point"
   for ax in axes:
-    ax.plot(a["dense_alpha"], _curve(a["dense_beta_c_predicted"], lo, hi), color="red",
-            lw=1.8, label=pred_label)
+    ax.plot(pred_x, _curve(pred_y, lo, hi), color="red", lw=1.8, label=pred_label)
+    if "dense_beta_c_formula" in a and "dense_beta_c_predicted" not in a:
+      ax.plot(a["dense_alpha"], _curve(a["dense_beta_c_formula"], lo, hi), color="red",
+              lw=1.0, ls="-.", label="min 2/(λ(1 − αλ)²), top eigenvalues of H")
     ax.plot(a["dense_alpha"], _curve(a["dense_beta_c_takagi"], lo, hi), color="orange",
             lw=1.5, ls="--", label="Takagi β_c(α) = min 2/(λ − αλ²)")
     alpha_c = s["takagi_alpha_c"]
@@ -81,7 +88,7 @@ def map_figure(result):
   axes[0].set_ylabel("meta learning rate β")
   axes[1].legend(fontsize=7, loc="lower left")
   agr = s["agreement"]
-  key = "exact_at_horizon" if "exact_at_horizon" in agr else "hessian_asymptotic"
+  key = "exact_at_horizon" if "exact_at_horizon" in agr else "predicted_asymptotic"
   axes[0].set_title(f"{c.preset}, {c.method}: final loss after {c.iterations} steps",
                     fontsize=9)
   axes[1].set_title(f"classes (dark: converged, grey: not yet, white: diverged); "

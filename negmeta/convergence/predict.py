@@ -14,12 +14,18 @@ Quadratic problems (`problems.QuadraticProblem`). One outer step is the affine m
     α_c = 1/λ_max), with λ_i the eigenvalues of H = mean_i Q_i, the Hessian of the
     α = 0 meta-loss (for one task with the same data, H = S = Q).
 
-Non-quadratic models: the Hessian H of the α = 0 meta-loss at a trained point,
-its extreme eigenvalues by Lanczos (`negmeta.theory.hessian`), and the single-task
-same-data formulas applied to its top-k eigenvalues: exact MAML
-β_c = min_i 2/(λ_i(1 − αλ_i)²), first-order MAML / Takagi β_c = min_i 2/(λ_i − αλ_i²).
-Negative eigenvalues (the trained point need not be a minimum) are reported but not
-used for β_c.
+Non-quadratic models, at a trained point θ*:
+  * the Hessian H of the α = 0 meta-loss, its top-k eigenvalues by Lanczos
+    (`negmeta.theory.hessian`), and the one-task same-data formulas applied to
+    them: exact MAML β_c = min_i 2/(λ_i(1 − αλ_i)²), first-order MAML / Takagi
+    β_c = min_i 2/(λ_i − αλ_i²);
+  * for MAML also the local meta-Hessian itself, ∇²_θ L_α(θ*) for every α (the
+    Jacobian of the outer step is I − β∇²L_α), its extreme eigenvalues by Lanczos,
+    β_c(α) = 2/λ_max(∇²L_α(θ*)). This keeps what the formulas drop: separate
+    support/query data, many tasks, and the third-derivative term Tg (θ* is not a
+    stationary point of L_α). FOMAML's local Jacobian is not symmetric, so Lanczos
+    does not apply to it.
+Negative eigenvalues (θ* need not be a minimum) are reported but not used for β_c.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from negmeta import maml
 from negmeta.convergence import maps
 from negmeta.convergence import problems as cproblems
 from negmeta.theory import convergence, hessian
@@ -228,3 +235,33 @@ def eigenvalue_boundaries(alpha: ArrayLike, eigenvalues: ArrayLike, *, method: s
     # β_c = min_i 2/(λ_i − αλ_i²)   (FOMAML on a quadratic = Takagi's eq. 15)
     exact = convergence.fomaml_beta_critical_eigs(alpha, eigs)
   return exact, convergence.takagi_beta_critical(alpha, eigs)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_iters"))
+def meta_hessian_extremes(apply_fn: Callable[[Any, jax.Array], jax.Array],
+                          params: Any, batch: maml.TaskBatch, alpha: ArrayLike,
+                          key: jax.Array, *, num_iters: int
+                          ) -> tuple[jax.Array, jax.Array]:
+  """Extreme eigenvalues of the MAML meta-Hessian ∇²_θ L_α(θ) at `params`, per α.
+
+  L_α(θ) = mean_i L_i^Q(θ − α∇L_i^S(θ)) (one inner step, exact second order), so
+  one outer step θ ← θ − β∇L_α(θ) has the local Jacobian I − β∇²L_α(θ).
+
+  Args:
+    apply_fn: model (static).
+    params: the point θ*.
+    batch: the task set.
+    alpha: inner rates, [A] (vmapped).
+    key: PRNG key for the Lanczos start vector (the same for every α).
+    num_iters: Lanczos steps (static).
+
+  Returns:
+    (λ_max [A], λ_min [A]).
+  """
+
+  def one(a):
+    loss = lambda p: maml.meta_loss(apply_fn, p, a, batch, steps=1)
+    res = hessian.lanczos(loss, params, key, num_iters=num_iters, top_k=1)
+    return res.lambda_max, res.lambda_min
+
+  return jax.vmap(one)(jnp.asarray(alpha))
