@@ -23,7 +23,7 @@ Usage:
   python benchmarks/maml_throughput.py                  # all sweeps
   python benchmarks/maml_throughput.py --sweep headline # meta-batch 25, 1000
   python benchmarks/maml_throughput.py --sweep tasks    # time/memory vs tasks
-  python benchmarks/maml_throughput.py --sweep inner    # vs K, ± remat
+  python benchmarks/maml_throughput.py --sweep inner    # vs K, remat none/step/nested
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ import subprocess
 import sys
 import time
 
-HEADLINE = [dict(meta_batch=b, inner_steps=1, remat=False) for b in (25, 1000)]
-TASKS = [dict(meta_batch=b, inner_steps=1, remat=False)
+HEADLINE = [dict(meta_batch=b, inner_steps=1, remat="none") for b in (25, 1000)]
+TASKS = [dict(meta_batch=b, inner_steps=1, remat="none")
          for b in (25, 100, 250, 1000, 4000)]
+# remat: "none" stores every intermediate (O(K)); "step" checkpoints each inner
+# step, storing θ_k per step (O(K), smaller); "nested" (= remat=True) is
+# recursive binary checkpointing, O(log K) stored parameter trees.
 INNER = [dict(meta_batch=250, inner_steps=k, remat=r)
-         for k in (1, 2, 5, 10, 20) for r in (False, True)]
+         for k in (1, 2, 5, 10, 20, 50) for r in ("none", "step", "nested")]
 SWEEPS = {"headline": HEADLINE, "tasks": TASKS, "inner": INNER}
 
 
@@ -72,7 +75,7 @@ def _hwm_mb() -> float | None:
   return None
 
 
-def run_configuration(meta_batch: int, inner_steps: int, remat: bool,
+def run_configuration(meta_batch: int, inner_steps: int, remat: str,
                       target_tasks: int, repeats: int) -> dict:
   """Measures one configuration in this process; returns the JSON record."""
   import functools
