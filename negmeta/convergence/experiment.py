@@ -381,6 +381,9 @@ def _run_sinusoid(config, alpha, beta, key, log):
   spectrum = _np(predict.hessian_spectrum(loss_fn, trained, k_lanczos,
                                           num_iters=p["lanczos_iters"],
                                           top_k=p["top_k"]))
+  # The same at the initial point θ_0 (where every run of the map starts).
+  at_init = _np(predict.hessian_spectrum(loss_fn, to64(init), k_lanczos,
+                                         num_iters=p["lanczos_iters"], top_k=p["top_k"]))
   formula, beta_c_takagi = _np(predict.eigenvalue_boundaries(alpha, spectrum.top,
                                                              method=config.method))
   dense = np.linspace(alpha[0], alpha[-1], 801)
@@ -441,10 +444,16 @@ def _run_sinusoid(config, alpha, beta, key, log):
                     "float64) on the Hessian H of the α = 0 meta-loss (mean query MSE "
                     "over the pool) at the trained point; formulas use the positive "
                     "top-k values",
+          "at_initial_point": {"top": at_init.top.tolist(),
+                               "lambda_max": float(at_init.lambda_max),
+                               "lambda_min": float(at_init.lambda_min)},
           "meta_hessian_lambda_max": None if meta_max is None else meta_max.tolist(),
           "meta_hessian_lambda_min": None if meta_min is None else meta_min.tolist()},
       "takagi_alpha_c": float(1.0 / spectrum.lambda_max),
       "beta_c_at_alpha0": _beta_c_alpha0(alpha, beta, eb, spectrum.lambda_max, beta_c),
+      "beta_c_at_alpha0_initial_point": _beta_c_alpha0(
+          alpha, beta, eb, at_init.lambda_max,
+          np.full(alpha.shape, 2.0 / float(at_init.lambda_max))),
       "negative_alpha": _tightening(alpha, eb, beta_c, beta_c_takagi),
       "boundary": _boundary_table(alpha, eb, beta_c, beta_c_takagi),
   }
@@ -552,6 +561,10 @@ def summary_table(result: ConvergenceMapResult, max_rows: int = 9) -> str:
                f"{_fmt(b0['empirical_bracket'][1])}), 2/λ_max = "
                f"{b0['two_over_lambda_max']:.4g}, within one grid step: "
                f"{'yes' if b0['within_one_grid_step'] else 'no'}")
+  if "beta_c_at_alpha0_initial_point" in s:
+    bi = s["beta_c_at_alpha0_initial_point"]
+    lines.append(f"   2/λ_max at the initial point θ_0 = {bi['two_over_lambda_max']:.4g}, "
+                 f"within one grid step: {'yes' if bi['within_one_grid_step'] else 'no'}")
   if "diverged_on_predicted_side" in s:
     d = s["diverged_on_predicted_side"]
     lines.append(f"diverged cells on the predicted side: "
