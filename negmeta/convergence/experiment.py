@@ -309,19 +309,22 @@ def _run_linear(config, alpha, beta, key, log):
   summary = {
       "agreement": {
           "exact_at_horizon": _agreement_record(
-              empirical, horizon, "exact T-step map θ_T = (I − βJ)^T θ_0 + Σ(I − βJ)^k βb, "
-              "classified by the same criterion (three classes)"),
+              empirical, horizon,
+              "exact T-step map θ_T = (I − βJ)^T θ_0 + Σ(I − βJ)^k βb, classified "
+              "by the same criterion (three classes)"),
           "exact_asymptotic": _agreement_record(
-              empirical, asymptotic, "spectral radius: converges iff ρ(I − βJ(α)) < 1 "
-              "(two classes; a not-yet-converged cell counts as a disagreement)"),
+              empirical, asymptotic,
+              "spectral radius: converges iff ρ(I − βJ(α)) < 1 (two classes; a "
+              "not-yet-converged cell counts as a disagreement)"),
           "takagi_asymptotic": _agreement_record(
-              empirical, takagi, "Takagi: converges iff β < min_i 2/(λ_i − αλ_i²) and "
-              "α ≤ 1/λ_max, λ_i eigenvalues of H = mean_i Q_i"),
+              empirical, takagi,
+              "Takagi: converges iff β < min_i 2/(λ_i − αλ_i²) and α ≤ 1/λ_max, "
+              "λ_i eigenvalues of H = mean_i Q_i"),
       },
-      "hessian_eigenvalues": {"values": eigs.tolist(),
-                              "source": "exact: eigvalsh of H = mean_i Q_i, the Hessian "
-                                        "of the α = 0 meta-loss (= S = Q for one task "
-                                        "with the same data)"},
+      "hessian_eigenvalues": {
+          "values": eigs.tolist(),
+          "source": "exact: eigvalsh of H = mean_i Q_i, the Hessian of the α = 0 "
+                    "meta-loss (= S = Q for one task with the same data)"},
       "takagi_alpha_c": float(1.0 / eigs[-1]),
       "beta_c_at_alpha0": _beta_c_alpha0(alpha, beta, eb, eigs[-1], bounds.beta_c),
       "negative_alpha": _tightening(alpha, eb, bounds.beta_c, bounds.beta_c_takagi),
@@ -383,27 +386,30 @@ def _run_sinusoid(config, alpha, beta, key, log):
                                           top_k=p["top_k"]))
   # The same at the initial point θ_0 (where every run of the map starts).
   at_init = _np(predict.hessian_spectrum(loss_fn, to64(init), k_lanczos,
-                                         num_iters=p["lanczos_iters"], top_k=p["top_k"]))
+                                         num_iters=p["lanczos_iters"],
+                                         top_k=p["top_k"]))
   formula, beta_c_takagi = _np(predict.eigenvalue_boundaries(alpha, spectrum.top,
                                                              method=config.method))
   dense = np.linspace(alpha[0], alpha[-1], 801)
   dense_formula, dense_takagi = _np(predict.eigenvalue_boundaries(
       dense, spectrum.top, method=config.method))
-  formula_text = "2/(λ(1 − αλ)²)" if config.method == maps.MAML else "2/(λ − αλ²)"
+  formula_text = ("2/(λ(1 − αλ)²)" if config.method == maps.MAML
+                  else "2/(λ − αλ²)")
   if config.method == maps.MAML:
-    # The local meta-Hessian ∇²L_α(θ*) at every grid α (exact local linearization).
+    # The local meta-Hessian ∇²L_α(θ*) at every grid α (exact linearization).
     meta_max, meta_min = _np(predict.meta_hessian_extremes(
         models.mlp_apply, trained, pool64, jnp.asarray(alpha), k_lanczos,
         num_iters=p["lanczos_iters"]))
     beta_c = np.where(meta_max > 0, 2.0 / np.where(meta_max > 0, meta_max, 1.0), np.inf)
-    predicted_text = ("converges iff β < 2/λ_max(∇²_θ L_α(θ*)), the MAML meta-Hessian "
-                      "at the trained point for each α (Lanczos)")
+    predicted_text = ("converges iff β < 2/λ_max(∇²_θ L_α(θ*)), the MAML "
+                      "meta-Hessian at the trained point for each α (Lanczos)")
   else:
     meta_max = meta_min = None
     beta_c = formula
-    predicted_text = (f"converges iff β < β_c(α) = min_i {formula_text} over the top-"
-                      f"{p['top_k']} eigenvalues of H at the trained point (first-order "
-                      "MAML's local Jacobian is not symmetric: no Lanczos)")
+    predicted_text = (f"converges iff β < β_c(α) = min_i {formula_text} over the "
+                      f"top-{p['top_k']} eigenvalues of H at the trained point "
+                      "(first-order MAML's local Jacobian is not symmetric: no "
+                      "Lanczos)")
   t_theory = time.perf_counter() - start
   below_curve = lambda bc: predict.asymptotic_classes(beta[None, :] < bc[:, None])
   predicted = below_curve(beta_c)
@@ -418,13 +424,14 @@ def _run_sinusoid(config, alpha, beta, key, log):
             "on_predicted_convergent_side": int(below.sum()),
             "on_convergent_side_within_one_step": int(np.sum(below & near)),
             "on_convergent_side_alpha_le_0": int(np.sum(below & (alpha <= 0)[:, None])),
-            "share": float(1 - below.sum() / diverged.sum()) if diverged.any() else None}
+            "share": (float(1 - below.sum() / diverged.sum()) if diverged.any()
+                      else None)}
 
   preds = {"predicted": (predicted, predicted_text),
            "hessian_formula": (below_curve(formula),
-                               f"converges iff β < min_i {formula_text} over the top-"
-                               f"{p['top_k']} eigenvalues of H (α = 0 meta-loss) at the "
-                               "trained point"),
+                               f"converges iff β < min_i {formula_text} over the "
+                               f"top-{p['top_k']} eigenvalues of H (α = 0 meta-loss) "
+                               "at the trained point"),
            "takagi": (below_curve(beta_c_takagi),
                       "Takagi's β_c from the same eigenvalues of H")}
   summary = {
@@ -544,10 +551,10 @@ def summary_table(result: ConvergenceMapResult, max_rows: int = 9) -> str:
   """A short text table of the key numbers."""
   c, s = result.config, result.summary
   alpha = result.arrays["alpha"]
-  lines = [f"convergence map: {c.preset}, {c.method}, {c.alpha_num}×{c.beta_num} cells "
-           f"(α ∈ [{c.alpha_min:g}, {c.alpha_max:g}], β ∈ [{c.beta_min:g}, "
-           f"{c.beta_max:g}] log), {c.iterations} steps; map {result.seconds['map']:.1f} s, "
-           f"total {result.seconds['total']:.1f} s",
+  lines = [f"convergence map: {c.preset}, {c.method}, {c.alpha_num}×{c.beta_num} "
+           f"cells (α ∈ [{c.alpha_min:g}, {c.alpha_max:g}], β ∈ [{c.beta_min:g}, "
+           f"{c.beta_max:g}] log), {c.iterations} steps; map "
+           f"{result.seconds['map']:.1f} s, total {result.seconds['total']:.1f} s",
            "cells: " + ", ".join(f"{k.replace('_', ' ')} {v}"
                                  for k, v in s["counts"].items())]
   for name, a in s["agreement"].items():
@@ -556,23 +563,27 @@ def summary_table(result: ConvergenceMapResult, max_rows: int = 9) -> str:
                  f"({a['cells_disagreeing']} differ, {a['not_yet_converged_counted']} "
                  f"not yet converged)")
   b0 = s["beta_c_at_alpha0"]
-  lines.append(f"β_c at α = {b0['alpha']:g}: empirical {_fmt(b0['empirical_beta_c'])} "
+  lines.append(f"β_c at α = {b0['alpha']:g}: empirical "
+               f"{_fmt(b0['empirical_beta_c'])} "
                f"(bracket {_fmt(b0['empirical_bracket'][0])}–"
                f"{_fmt(b0['empirical_bracket'][1])}), 2/λ_max = "
                f"{b0['two_over_lambda_max']:.4g}, within one grid step: "
                f"{'yes' if b0['within_one_grid_step'] else 'no'}")
   if "beta_c_at_alpha0_initial_point" in s:
     bi = s["beta_c_at_alpha0_initial_point"]
-    lines.append(f"   2/λ_max at the initial point θ_0 = {bi['two_over_lambda_max']:.4g}, "
-                 f"within one grid step: {'yes' if bi['within_one_grid_step'] else 'no'}")
+    yes = "yes" if bi["within_one_grid_step"] else "no"
+    lines.append(f"   2/λ_max at the initial point θ_0 = "
+                 f"{bi['two_over_lambda_max']:.4g}, within one grid step: {yes}")
   if "diverged_on_predicted_side" in s:
     d = s["diverged_on_predicted_side"]
+    tp = s["trained_point"]
     lines.append(f"diverged cells on the predicted side: "
-                 f"{d['on_predicted_divergent_side']}/{d['diverged_cells']}; trained point "
-                 f"α = {s['trained_point']['alpha']:g}, β = {s['trained_point']['beta']:.3g}, "
+                 f"{d['on_predicted_divergent_side']}/{d['diverged_cells']}; trained "
+                 f"point α = {tp['alpha']:g}, β = {tp['beta']:.3g}, "
                  f"λ_max = {s['hessian_eigenvalues']['lambda_max']:.4g}, λ_min = "
                  f"{s['hessian_eigenvalues']['lambda_min']:.3g}")
-  lines.append(f"{'α':>8} {'β_c empirical':>14} {'β_c predicted':>14} {'β_c Takagi':>12}")
+  lines.append(f"{'α':>8} {'β_c empirical':>14} {'β_c predicted':>14} "
+               f"{'β_c Takagi':>12}")
   rows = sorted(set(np.linspace(0, len(alpha) - 1, min(len(alpha), max_rows))
                     .round().astype(int)) | {_nearest_zero(alpha)})
   for i in rows:

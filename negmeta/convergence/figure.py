@@ -74,7 +74,8 @@ def map_figure(result):
             lw=1.5, ls="--", label="Takagi β_c(α) = min 2/(λ − αλ²)")
     alpha_c = s["takagi_alpha_c"]
     if alpha[0] <= alpha_c <= alpha[-1]:
-      ax.axvline(alpha_c, color="orange", lw=0.8, ls=":", label="Takagi α_c = 1/λ_max")
+      ax.axvline(alpha_c, color="orange", lw=0.8, ls=":",
+                 label="Takagi α_c = 1/λ_max")
     ax.axvline(0.0, color="black", lw=0.4)
     ax.set_yscale("log")
     ax.set_xlim(ae[0], ae[-1])
@@ -83,8 +84,8 @@ def map_figure(result):
   if "trained_point" in s:
     tp = s["trained_point"]
     for ax in axes:
-      ax.plot([tp["alpha"]], [tp["beta"]], marker="*", ms=12, color="magenta", ls="none",
-              label="trained point (Hessian)")
+      ax.plot([tp["alpha"]], [tp["beta"]], marker="*", ms=12, color="magenta",
+              ls="none", label="trained point (Hessian)")
   axes[0].set_ylabel("meta learning rate β")
   axes[1].legend(fontsize=7, loc="lower left")
   agr = s["agreement"]

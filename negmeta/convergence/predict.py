@@ -205,12 +205,17 @@ def hessian_spectrum(loss_fn: Callable[[Any], jax.Array], params: Any,
   Returns:
     HessianSpectrum.
   """
-  run = jax.jit(functools.partial(hessian.lanczos, loss_fn, num_iters=num_iters,
-                                  top_k=top_k))
-  res = run(params, key)
+  res = _lanczos_fn(loss_fn, num_iters, top_k)(params, key)
   return HessianSpectrum(top=res.top_k, lambda_max=res.lambda_max,
                          lambda_min=res.lambda_min,
                          residuals_top=res.residuals[::-1][:top_k])
+
+
+@functools.lru_cache(maxsize=8)
+def _lanczos_fn(loss_fn, num_iters: int, top_k: int):
+  # One compiled Lanczos per loss function (e.g. at the trained and initial point).
+  return jax.jit(functools.partial(hessian.lanczos, loss_fn, num_iters=num_iters,
+                                   top_k=top_k))
 
 
 def eigenvalue_boundaries(alpha: ArrayLike, eigenvalues: ArrayLike, *, method: str
