@@ -118,11 +118,13 @@ grid = cli.linear_grid   # `num` evenly spaced values from `lo` to `hi`.
 # 70 000 iterations, un-halved MSE, second order.
 _FINN = dict(meta_batch=25, k_support=10, k_query=10, inner_steps=1,
              meta_lr=1e-3, first_order=False)
-# The signed α_t grid of the sweeps, in units of the inner-step curvature
-# scale (see docs/sinusoid.md: the support-loss Hessian of a trained model has
-# λ_max ≈ 20-40, so α = 0.05 is near the edge 2/λ_max of a stable step).
-SWEEP_ALPHA_T = (-0.05, -0.03, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02,
-                 0.03, 0.05)
+# The signed α_t grid of the sweeps, scaled to the curvature of the inner
+# problem (docs/sinusoid.md): the 10-point support-loss Hessian of the model
+# pretrained with α_t = 0 has λ_max ≈ 54 (median over tasks), so 2/λ_max ≈
+# 0.037; the grid spans about ±2.7/λ_max, finer near 0. (MAML with α_t > 0
+# reshapes the curvature to α_t·λ_max ≈ 1.7-1.9.)
+SWEEP_ALPHA_T = (-0.05, -0.03, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.015,
+                 0.02, 0.03, 0.05)
 SWEEP_ALPHA_R = grid(-0.02, 0.08, 11)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -492,6 +494,14 @@ class CurveEstimate:
     tasks_ci95: Finn's half-width over all S·T tasks pooled (treats seeds'
       tasks as independent; ignores between-seed spread).
     nonfinite_tasks: tasks with a non-finite loss, summed over seeds.
+    seed_unstable: tasks whose fine-tuning blew up at this step (loss
+      non-finite or above UNSTABLE_FACTOR × the member's mean unadapted loss,
+      i.e. worse than any unadapted prediction), per seed, [A, S, R, steps+1].
+    seed_median: median over tasks per seed, [A, S, R, steps+1].
+    median, median_se: mean ± s.e. over seeds of the per-seed medians.
+    seed_stable_mean: mean over the tasks that are not unstable at this step,
+      per seed, [A, S, R, steps+1] (biased low by construction: a diagnostic).
+    stable_mean, stable_se: mean ± s.e. over seeds of seed_stable_mean.
   """
   seed_mean: np.ndarray
   seed_ci95: np.ndarray
@@ -502,6 +512,19 @@ class CurveEstimate:
   hi95: np.ndarray
   tasks_ci95: np.ndarray
   nonfinite_tasks: np.ndarray
+  seed_unstable: np.ndarray
+  seed_median: np.ndarray
+  median: np.ndarray
+  median_se: np.ndarray
+  seed_stable_mean: np.ndarray
+  stable_mean: np.ndarray
+  stable_se: np.ndarray
+
+
+# A task's fine-tuning "blew up" at step k if its loss is non-finite or above
+# this multiple of the mean unadapted (step-0) loss of the member's test tasks
+# (≈ 3 for a trained model: predicting 0 costs A²/2 ≤ 12.5 on any task).
+UNSTABLE_FACTOR = 5.0
 
 
 def finn_ci95(task_losses: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -517,18 +540,35 @@ def estimate(result: SinusoidResult, estimator: str = "auto") -> CurveEstimate:
   with np.errstate(invalid="ignore", over="ignore"):
     seed_mean = losses.mean(axis=3)
     seed_ci = finn_ci95(losses, axis=3)
-  moved = np.moveaxis(seed_mean, 1, 0)                         # [S, A, R, K]
-  est = stats.estimate(moved.reshape(moved.shape[0], -1))
-  shape = moved.shape[1:]
-  mean, se, n = (np.asarray(v).reshape(shape) for v in est)
+  mean, se, n = _over_seeds(seed_mean)
   pooled = np.moveaxis(losses, 1, 2).reshape(
       losses.shape[0], losses.shape[2], -1, losses.shape[4])   # [A, R, S·T, K]
   with np.errstate(invalid="ignore"):
     tasks_ci = finn_ci95(pooled, axis=2)
+  with np.errstate(invalid="ignore", over="ignore"):
+    unstable = ~np.isfinite(losses) | (
+        losses > UNSTABLE_FACTOR * losses[..., :1].mean(axis=3, keepdims=True))
+  stable = np.where(unstable, np.nan, losses)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)   # all-unstable slices
+    seed_median = np.median(np.where(np.isnan(losses), np.inf, losses), axis=3)
+    seed_stable = np.nanmean(stable, axis=3)
+  median, median_se, _ = _over_seeds(seed_median)
+  stable_mean, stable_se, _ = _over_seeds(seed_stable)
   return CurveEstimate(
       seed_mean=seed_mean, seed_ci95=seed_ci, mean=mean, se=se, n=n,
       lo95=mean - 1.96 * se, hi95=mean + 1.96 * se, tasks_ci95=tasks_ci,
-      nonfinite_tasks=np.sum(~np.isfinite(losses), axis=(1, 3)))
+      nonfinite_tasks=np.sum(~np.isfinite(losses), axis=(1, 3)),
+      seed_unstable=unstable.sum(axis=3), seed_median=seed_median,
+      median=median, median_se=median_se, seed_stable_mean=seed_stable,
+      stable_mean=stable_mean, stable_se=stable_se)
+
+
+def _over_seeds(per_seed: np.ndarray):
+  """Mean, s.e., n over axis 1 (seeds) of [A, S, ...], via `stats.estimate`."""
+  moved = np.moveaxis(per_seed, 1, 0)
+  est = stats.estimate(moved.reshape(moved.shape[0], -1))
+  return tuple(np.asarray(v).reshape(moved.shape[1:]) for v in est)
 
 
 def finn_comparison(result: SinusoidResult) -> dict[str, Any] | None:
@@ -566,12 +606,26 @@ def finn_comparison(result: SinusoidResult) -> dict[str, Any] | None:
         sm = float(e.seed_mean[i, s, j, step])
         ci = float(e.seed_ci95[i, s, j, step])
         seeds.append({"seed": int(seed), "mean": sm, "ci95_halfwidth": ci,
-                      "finn_inside": bool(abs(sm - ref) <= ci)})
+                      "finn_inside": bool(abs(sm - ref) <= ci),
+                      "median": float(e.seed_median[i, s, j, step]),
+                      "unstable_tasks": int(e.seed_unstable[i, s, j, step]),
+                      "stable_mean": float(e.seed_stable_mean[i, s, j, step])})
       rows[str(step)] = {
           "finn": ref, "mean": m, "se": se, "ci95": [lo, hi],
+          "finite_seeds": int(e.n[i, j, step]),
           "finn_inside_pooled_ci95": bool(lo <= ref <= hi),
+          # The mean is Finn's statistic, but a few blown-up fine-tuning runs
+          # (or non-finite seeds) dominate it; then "inside" says little.
+          "blowups_affect_mean": bool(
+              e.n[i, j, step] < result.seeds.size
+              or e.seed_unstable[i, :, j, step].sum() > 0),
           "pooled_tasks_ci95_halfwidth": float(e.tasks_ci95[i, j, step]),
           "seeds_with_finn_inside": sum(r["finn_inside"] for r in seeds),
+          "unstable_tasks": int(e.seed_unstable[i, :, j, step].sum()),
+          "median": float(e.median[i, j, step]),
+          "median_se": float(e.median_se[i, j, step]),
+          "stable_mean": float(e.stable_mean[i, j, step]),
+          "stable_se": float(e.stable_se[i, j, step]),
           "per_seed": seeds}
     out[name] = rows
   return out
@@ -603,12 +657,18 @@ def optimum(result: SinusoidResult, estimator: str = "auto"
     ok = np.any(np.isfinite(per_seed), axis=0)
     argmins = np.array([a_t[int(np.nanargmin(per_seed[:, s]))]
                         for s in np.flatnonzero(ok)])
+    refined = np.array([_refined_argmin(a_t, per_seed[:, s])
+                        for s in np.flatnonzero(ok)])
     entry = {"alpha_r": float(r), "argmin_alpha_t": float(a_t[i]),
              "min": float(curve[i]), "min_se": float(e.se[i, j, last]),
-             "seed_argmin_mean": float(argmins.mean()) if argmins.size else None,
-             "seed_argmin_se": (float(argmins.std(ddof=1) / np.sqrt(argmins.size))
-                                if argmins.size > 1 else None),
-             "seed_argmins": argmins.tolist()}
+             "refined_argmin_alpha_t": _refined_argmin(a_t, curve),
+             "seed_argmins": argmins.tolist(),
+             "seed_refined_argmins": refined.tolist()}
+    for name_, values in (("seed_argmin", argmins),
+                          ("seed_refined_argmin", refined)):
+      entry[f"{name_}_mean"] = float(values.mean()) if values.size else None
+      entry[f"{name_}_se"] = (float(values.std(ddof=1) / np.sqrt(values.size))
+                              if values.size > 1 else None)
     for label, target in (("zero", 0.0), ("matched", float(r))):
       k = np.flatnonzero(np.isclose(a_t, target))
       if k.size and result.seeds.size > 1:
@@ -634,6 +694,26 @@ def optimum(result: SinusoidResult, estimator: str = "auto"
   return out
 
 
+def _refined_argmin(x: np.ndarray, y: np.ndarray) -> float:
+  """Grid argmin refined by the vertex of the parabola through it and its neighbours.
+
+  At a grid edge, or when the three points are not convex, the grid argmin.
+  """
+  finite = np.isfinite(y)
+  if not np.any(finite):
+    return float("nan")
+  i = int(np.nanargmin(np.where(finite, y, np.nan)))
+  if i == 0 or i == len(x) - 1 or not np.all(finite[i - 1:i + 2]):
+    return float(x[i])
+  (x0, x1, x2), (y0, y1, y2) = x[i - 1:i + 2], y[i - 1:i + 2]
+  d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+  curvature = (d12 - d01) / (x2 - x0)
+  if not curvature > 0:
+    return float(x1)
+  vertex = 0.5 * (x0 + x1) - d01 / (2 * curvature)
+  return float(np.clip(vertex, x0, x2))
+
+
 # ---------------------------------------------------------------------------
 # Records, tables, files.
 
@@ -650,6 +730,11 @@ def _curve_record(e: CurveEstimate, i: int, j: int, seeds: np.ndarray
         "nonfinite_tasks": int(e.nonfinite_tasks[i, j, k]),
         "per_seed_mean": [float(v) for v in e.seed_mean[i, :, j, k]],
         "per_seed_ci95_halfwidth": [float(v) for v in e.seed_ci95[i, :, j, k]],
+        "unstable_tasks": int(e.seed_unstable[i, :, j, k].sum()),
+        "median": float(e.median[i, j, k]),
+        "median_se": float(e.median_se[i, j, k]),
+        "stable_mean": float(e.stable_mean[i, j, k]),
+        "stable_se": float(e.stable_se[i, j, k]),
     })
   return rows
 
@@ -736,12 +821,21 @@ def summary_table(result: SinusoidResult, max_rows: int = 40) -> str:
                                         "  [NOT Finn's training setup]"))
     for est_name in ESTIMATORS:
       for step, row in comp.get(est_name, {}).items():
+        inside = "inside" if row["finn_inside_pooled_ci95"] else "OUTSIDE"
+        if row["blowups_affect_mean"]:
+          inside += " (mean dominated by blown-up tasks)"
         lines.append(
-            f"  {est_name:8s} step {step:>2s}: {row['mean']:.3f} ± "
-            f"{row['se']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
-            f"  Finn {row['finn']:.2f} {'inside' if row['finn_inside_pooled_ci95'] else 'OUTSIDE'}"
-            f"; seeds with Finn inside own CI: {row['seeds_with_finn_inside']}/"
-            f"{len(row['per_seed'])}")
+            f"  {est_name:8s} step {step:>2s}: {_num(row['mean'])} ± "
+            f"{_num(row['se'])} [{_num(row['ci95'][0])}, {_num(row['ci95'][1])}]"
+            f" ({row['finite_seeds']}/{len(row['per_seed'])} seeds finite)"
+            f"  Finn {row['finn']:.2f} {inside}; Finn inside own CI for "
+            f"{row['seeds_with_finn_inside']}/{len(row['per_seed'])} seeds")
+        lines.append(
+            f"  {'':8s}          per seed "
+            + " ".join(_num(r["mean"]) for r in row["per_seed"])
+            + f"; median {row['median']:.3f} ± {row['median_se']:.3f}; "
+            f"{row['unstable_tasks']} blown-up tasks; mean without them "
+            f"{row['stable_mean']:.3f} ± {row['stable_se']:.3f}")
   lines.append(f"{'α_t':>8} {'α_r':>8} {'step 0':>16} {f'step {last}':>16} "
                f"{'diverged':>9}  ({name} estimator, mean ± s.e. over seeds)")
   pairs = [(i, j) for i in range(len(c.alpha_t)) for j in range(len(c.alpha_r))]
@@ -751,7 +845,9 @@ def summary_table(result: SinusoidResult, max_rows: int = 40) -> str:
     pairs = [(i, keep) for i in range(len(c.alpha_t))]
     lines.append(f"  (showing α_r = {result.alpha_r[keep]:g} only; all in results.json)")
   for i, j in pairs:
-    cells = [f"{e.mean[i, j, k]:9.4f} ± {e.se[i, j, k]:.4f}"
+    cells = [(f"{e.mean[i, j, k]:9.4f} ± {e.se[i, j, k]:.4f}"
+              if abs(e.mean[i, j, k]) < 1e4 else
+              f"{e.mean[i, j, k]:.2e} ± {e.se[i, j, k]:.1e}")
              if np.isfinite(e.mean[i, j, k]) else f"{'—':>16}" for k in (0, last)]
     div = int(result.diverged[i].sum())
     lines.append(f"{result.alpha_t[i]:8.4f} {result.alpha_r[j]:8.4f} "
@@ -764,7 +860,9 @@ def summary_table(result: SinusoidResult, max_rows: int = 40) -> str:
              f"(L = {entry['min']:.4f} ± {entry['min_se']:.4f})")
       if entry.get("seed_argmin_se") is not None:
         msg += (f"; per-seed argmin {entry['seed_argmin_mean']:.4f} ± "
-                f"{entry['seed_argmin_se']:.4f}")
+                f"{entry['seed_argmin_se']:.4f}, parabola-refined "
+                f"{entry['seed_refined_argmin_mean']:.4f} ± "
+                f"{entry['seed_refined_argmin_se']:.4f}")
       for label in ("zero", "matched"):
         if f"min_minus_at_{label}" in entry:
           msg += (f"; L − L(α_t={'0' if label == 'zero' else 'α_r'}) = "
@@ -776,6 +874,13 @@ def summary_table(result: SinusoidResult, max_rows: int = 40) -> str:
       lines.append(f"joint best (α_t, α_r) = ({jm['alpha_t']:g}, "
                    f"{jm['alpha_r']:g}): L = {jm['min']:.4f} ± {jm['min_se']:.4f}")
   return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+  """Compact number: 3 decimals, or scientific when huge or non-finite."""
+  if not np.isfinite(x):
+    return str(x)
+  return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
 
 
 def save(result: SinusoidResult, workdir: str) -> dict[str, str]:

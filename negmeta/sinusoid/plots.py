@@ -45,13 +45,24 @@ def learning_curve_figure(result):
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   pairs = [(i, j) for i in _pick(result.alpha_t, limit=4)
            for j in _pick(result.alpha_r, limit=2)]
+  # Scale to the unadapted loss; means blown up by a few diverging
+  # fine-tuning runs are off the chart (marked at the top edge).
+  start = e.mean[..., 0][np.isfinite(e.mean[..., 0])]
+  top = 1.3 * float(np.max(start)) if start.size else np.inf
+  shown = lambda v: np.where(np.asarray(v) <= top, v, np.nan)
   for n, (i, j) in enumerate(pairs):
     color = f"C{n % 10}"
     for s in range(result.seeds.size):
-      ax.plot(steps, e.seed_mean[i, s, j], color=color, lw=0.6, alpha=0.35)
-    ax.errorbar(steps, e.mean[i, j], yerr=1.96 * e.se[i, j], color=color,
+      ax.plot(steps, shown(e.seed_mean[i, s, j]), color=color, lw=0.6,
+              alpha=0.35)
+    ax.errorbar(steps, shown(e.mean[i, j]),
+                yerr=np.where(e.mean[i, j] <= top, 1.96 * e.se[i, j], np.nan),
+                color=color,
                 marker="o", ms=3, capsize=2,
-                label=f"α_t={result.alpha_t[i]:g}, α_r={result.alpha_r[j]:g}")
+                label=f"α_t={result.alpha_t[i]:g}, α_r={result.alpha_r[j]:g}"
+                      " (mean ± 95% CI)")
+    ax.plot(steps, e.median[i, j], color=color, ls="--", lw=1,
+            label="median over tasks (mean over seeds)" if n == 0 else None)
   if c.eval_shots == 5:
     ref = experiment.FINN_TABLE2
     ax.plot(list(ref), list(ref.values()), "k*", ms=11,
@@ -59,9 +70,14 @@ def learning_curve_figure(result):
   ax.set_xlabel("fine-tuning steps (same points each step)")
   ax.set_ylabel(f"test MSE ({name} estimator)")
   ax.set_title(_title(result), fontsize=8)
-  finite = e.mean[np.isfinite(e.mean)]
-  if finite.size:
-    ax.set_ylim(0, 1.15 * float(np.max(finite)))
+  if start.size:
+    ax.set_ylim(0, top)
+    for i, j in pairs:
+      off = ~(e.mean[i, j] <= top)
+      if np.any(off):
+        ax.plot(steps[off], np.full(off.sum(), 0.98 * top), "k^", ms=6)
+    if any(np.any(~(e.mean[i, j] <= top)) for i, j in pairs):
+      ax.plot([], [], "k^", label="mean off chart (blown-up tasks)")
   ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
@@ -91,6 +107,7 @@ def sweep_figure(result):
     ax.plot(x[diverged], np.full(diverged.sum(), ax.get_ylim()[1]), "kx",
             ms=8, label="some seeds diverged")
   ax.axvline(0.0, color="grey", lw=0.5)
+  ax.set_yscale("log")
   ax.set_xlabel(r"meta-training inner rate $\alpha_t$")
   ax.set_ylabel(f"test MSE after {last} step(s) ({name})")
   ax.set_title(_title(result, f", {last} step(s)"), fontsize=8)

@@ -1,0 +1,326 @@
+"""The sinusoid study: one trace per sweep, isolation of seeds and diverged
+members, estimates against NumPy, a real adaptation property, the results
+format, and the binary end to end (outputs and one-line errors)."""
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from unittest import mock
+
+import chex
+import jax
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from negmeta import _checks
+from negmeta.sinusoid import _kernel
+from negmeta.sinusoid import experiment
+
+BINARY = os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
+                      "sinusoid.py")
+
+# One small problem shared by the in-process tests, so they share one compiled
+# kernel (3 α_t × 2 seeds = 6 members, 3 α_r). 300 meta-steps of 25 tasks with
+# β = 3e-3 make α_t = 0.05 visibly better than α_t = 0 and α_t = −0.02.
+TINY = experiment.SinusoidConfig(
+    alpha_t=(0.0, 0.05, -0.02), alpha_r=(0.0, 0.05, 0.01), iterations=300,
+    meta_batch=25, meta_lr=3e-3, seeds=2, test_tasks=60, eval_shots=10,
+    eval_steps=2, dense_points=32)
+
+
+def _run(**changes):
+  return experiment.run(dataclasses.replace(TINY, **changes))
+
+
+@functools.cache
+def _base():
+  """TINY run once, shared by the tests that only read it."""
+  return _run()
+
+
+class OneTraceTest(absltest.TestCase):
+
+  def test_whole_sweeps_trace_once(self):
+    counted = jax.jit(chex.assert_max_traces(_kernel._train_and_evaluate, n=1),
+                      static_argnames=_kernel.STATIC_ARGNAMES)
+    small = dataclasses.replace(TINY, iterations=5, test_tasks=4,
+                                chunk_members=4)
+    with mock.patch.object(_kernel, "train_and_evaluate", counted):
+      # 6 members in 2 chunks of 4 (the last padded), then other grid values,
+      # adaptation rates and seeds: all reuse the single trace.
+      a = experiment.run(small)
+      b = experiment.run(dataclasses.replace(
+          small, alpha_t=(0.3, -0.1, 0.02), alpha_r=(0.1, 0.2, -0.05), seed=7))
+      self.assertEqual(a.query.shape, (3, 2, 3, 4, 3))
+      self.assertFalse(np.allclose(a.query, b.query))
+      with self.assertRaises(AssertionError):   # a new grid *shape* retraces
+        experiment.run(dataclasses.replace(small, alpha_r=(0.1,)))
+
+
+class IsolationTest(absltest.TestCase):
+
+  def test_diverged_member_and_seeds_do_not_touch_others(self):
+    base = _base()
+    # α_t = 1e30 overflows the first inner step (loss = inf at step 0).
+    blown = _run(alpha_t=(0.0, 1e30, -0.02))
+    np.testing.assert_array_equal(blown.diverged, [[False, False],
+                                                   [True, True],
+                                                   [False, False]])
+    np.testing.assert_array_equal(blown.diverged_step[1], [0, 0])
+    self.assertTrue(np.all(np.isnan(blown.query[1])))
+    self.assertTrue(np.all(np.isnan(blown.dense[1])))
+    for i in (0, 2):   # the other members are bit-identical
+      np.testing.assert_array_equal(blown.query[i], base.query[i])
+      np.testing.assert_array_equal(blown.dense[i], base.dense[i])
+      np.testing.assert_array_equal(blown.params[i], base.params[i])
+    rec = experiment.record(blown)
+    entry = [g for g in rec["grid"] if g["alpha_t"] == 1e30][0]
+    self.assertEqual(entry["diverged_seeds"], [0, 1])
+    self.assertEqual(entry["protocol"][1]["seeds"], 0)
+    self.assertEqual(rec["diverged_members"], 2)
+    self.assertIn("2/2", experiment.summary_table(blown))
+    # Seed 1 gives the same member wherever it sits in the grid (seeds 1, 2).
+    shifted = _run(seed=1)
+    np.testing.assert_array_equal(shifted.query[:, 0], base.query[:, 1])
+    np.testing.assert_array_equal(shifted.train_losses[:, 0],
+                                  base.train_losses[:, 1])
+    self.assertFalse(np.allclose(shifted.query[:, 1], base.query[:, 1]))
+
+  def test_common_random_numbers_within_a_seed(self):
+    # Members with one seed and one α_t share the initialization, every
+    # training batch and the test tasks, so they are identical; α_r = 0
+    # leaves every fine-tuning step at the step-0 loss.
+    base = _base()
+    twin = _run(alpha_t=(0.05, 0.05, -0.02))
+    np.testing.assert_array_equal(twin.query[0], twin.query[1])
+    np.testing.assert_array_equal(twin.params[0], base.params[1])
+    np.testing.assert_array_equal(base.query[:, :, 0, :, 2],
+                                  base.query[:, :, 0, :, 0])
+    self.assertFalse(np.allclose(base.query[1, 0], base.query[1, 1]))
+
+
+class EstimatesTest(absltest.TestCase):
+
+  def test_estimates_and_finn_interval_match_numpy(self):
+    r = _base()
+    e = experiment.estimate(r, "protocol")
+    losses = r.query.astype(np.float64)                    # [A, S, R, T, K]
+    t = losses.shape[3]
+    seed_mean = losses.mean(axis=3)
+    np.testing.assert_allclose(e.seed_mean, seed_mean, rtol=1e-12)
+    # Finn's main.py: ci95 = 1.96 * np.std(losses, 0) / np.sqrt(600).
+    np.testing.assert_allclose(
+        e.seed_ci95, 1.96 * np.std(losses, axis=3) / np.sqrt(t), rtol=1e-12)
+    np.testing.assert_allclose(e.mean, seed_mean.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        e.se, seed_mean.std(axis=1, ddof=1) / np.sqrt(2), rtol=1e-12)
+    np.testing.assert_allclose(e.hi95 - e.mean, 1.96 * e.se, rtol=1e-12)
+    pooled = np.moveaxis(losses, 1, 2).reshape(3, 3, 2 * t, -1)
+    np.testing.assert_allclose(
+        e.tasks_ci95, 1.96 * pooled.std(axis=2) / np.sqrt(2 * t), rtol=1e-12)
+
+  def test_adaptation_lowers_the_loss_after_meta_training(self):
+    r = _base()
+    dense = r.dense[:, :, 1]            # α_r = 0.05: [A, S, T, steps]
+
+    def z(diff):
+      diff = diff.ravel()
+      return diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
+
+    # α_t = α_r = 0.05 after 300 meta-steps: the first fine-tuning step lowers
+    # the test loss of the 2 × 60 test tasks (paired by task; seeds 0, 3, 6
+    # give z = −9.3, −8.4, −9.1).
+    self.assertLess(z(dense[1, :, :, 1] - dense[1, :, :, 0]), -5)
+    # Meta-training with α_t > 0 beats pretraining (α_t = 0) and α_t < 0
+    # after that step (z = −7.9 / −8.4, −6.8 / −6.5, −6.4 / −6.8).
+    self.assertLess(z(dense[1, :, :, 1] - dense[0, :, :, 1]), -4)
+    self.assertLess(z(dense[1, :, :, 1] - dense[2, :, :, 1]), -4)
+    # The dense and protocol estimators agree in mean (same expectation).
+    d, q = r.dense[..., 0].ravel(), r.query[..., 0].ravel()
+    self.assertLess(abs(z(q - d)), 4)
+
+  def test_reevaluate_reproduces_the_run(self):
+    r = _base()
+    again = experiment.reevaluate(r, alpha_r=(0.05,))
+    np.testing.assert_allclose(again.query[:, :, 0], r.query[:, :, 1],
+                               rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(again.dense[:, :, 0], r.dense[:, :, 1],
+                               rtol=2e-5, atol=1e-6)
+
+
+class ConfigTest(parameterized.TestCase):
+
+  def test_finn_preset_is_finns_setup(self):
+    c = experiment.preset("finn_table2")
+    self.assertEqual(
+        (c.alpha_t, c.alpha_r, c.k_support, c.k_query, c.inner_steps,
+         c.meta_lr, c.meta_batch, c.iterations, c.first_order, c.test_tasks,
+         c.eval_shots, c.eval_steps, experiment.test_points_of(c)),
+        ((0.01,), (0.01,), 10, 10, 1, 1e-3, 25, 70_000, False, 600, 5, 10, 5))
+    self.assertEqual(experiment.preset("finn_table2", meta_batch=25,
+                                       seeds=2).seeds, 2)
+
+  @parameterized.named_parameters(
+      ("contradiction", dict(meta_batch=10), "meta_batch: contradicts"),
+      ("fixed_grid", dict(alpha_t=(0.02,)), "alpha_t: contradicts"),
+  )
+  def test_preset_contradictions(self, overrides, message):
+    with self.assertRaisesRegex(_checks.ConfigError, message):
+      experiment.preset("finn_table2", **overrides)
+
+  @parameterized.named_parameters(
+      ("iterations", dict(iterations=0), "iterations: must be an integer in"),
+      ("seeds", dict(seeds=0), "seeds: must be an integer in"),
+      ("meta_lr", dict(meta_lr=0.0), "meta_lr: must be a finite real number > 0"),
+      ("test_tasks", dict(test_tasks=1), "test_tasks: must be an integer in"),
+      ("nan_alpha", dict(alpha_t=(0.1, float("nan"))), "alpha_t: must contain only finite"),
+      ("empty_alpha_r", dict(alpha_r=()), "alpha_r: must contain at least one"),
+      ("remat", dict(remat="always"), "remat: must be one of none, step, nested"),
+      ("first_order", dict(first_order="yes"), "first_order: must be true or false"),
+  )
+  def test_invalid_fields(self, changes, message):
+    with self.assertRaisesRegex(_checks.ConfigError, "^" + message):
+      experiment.validate(dataclasses.replace(TINY, **changes))
+
+  def test_sweep_preset_grid_may_change_and_is_recorded(self):
+    c = experiment.preset("alpha_t_sweep", alpha_t=(0.0, 0.01), iterations=10)
+    self.assertEqual(experiment._modified(c, "alpha_t_sweep"),
+                     ("alpha_t", "iterations"))
+
+
+def _binary(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, BINARY, *args], capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+class BinaryTest(parameterized.TestCase):
+
+  def test_tiny_run_writes_results_figures_and_table(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _binary(f"--workdir={workdir}", "--iterations=10",
+                     "--meta_batch=3", "--seeds=2", "--test_tasks=6",
+                     "--alpha_t=-0.01,0.01", "--alpha_r_min=0",
+                     "--alpha_r_max=0.01", "--alpha_r_num=2",
+                     "--eval_shots=5", "--eval_steps=3", "--dense_points=8",
+                     "--chunk_members=3")
+      self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
+      self.assertIn("Table 2 (5 shots, α = 0.01)", proc.stdout)
+      self.assertIn("NOT Finn's training setup", proc.stdout)
+      self.assertEqual(sorted(os.listdir(workdir)), [
+          "alpha_t_alpha_r.png", "alpha_t_sweep.png", "learning_curve.png",
+          "meta_training.png", "results.json", "runs.npz"])  # chunks removed
+      with open(os.path.join(workdir, "results.json")) as f:
+        rec = json.load(f)
+      self.assertEqual(rec["experiment"], "sinusoid")
+      self.assertEqual(rec["config"]["alpha_t"], [-0.01, 0.01])
+      self.assertEqual(rec["config"]["alpha_r"], [0.0, 0.01])
+      self.assertEqual(rec["seeds"]["values"], [0, 1])
+      self.assertIn("jax", rec["runtime"]["versions"])
+      self.assertEqual(len(rec["grid"]), 4)
+      entry = rec["grid"][3]
+      self.assertEqual((entry["alpha_t"], entry["alpha_r"]), (0.01, 0.01))
+      self.assertEqual(entry["diverged_seeds"], [])
+      step = entry["protocol"][3]
+      for key in ("mean", "se", "ci95", "seeds", "per_seed_mean",
+                  "per_seed_ci95_halfwidth", "nonfinite_tasks"):
+        self.assertIn(key, step)
+      self.assertEqual(step["seeds"], 2)
+      self.assertEqual(len(entry["dense"]), 4)   # steps 0..3
+      self.assertEqual(sorted(rec["finn_table2"]["protocol"]), ["1"])
+      self.assertFalse(rec["finn_table2"]["finn_setup"])
+      self.assertIn("per_alpha_r", rec["optimum"])
+      data = np.load(os.path.join(workdir, "runs.npz"))
+      self.assertEqual(data["query"].shape, (2, 2, 2, 6, 4))
+      self.assertEqual(data["params"].shape, (2, 2, 1761))
+      np.testing.assert_allclose(
+          data["query"][1, :, 1, :, 3].mean(), step["mean"], rtol=1e-5)
+      with open(os.path.join(workdir, "learning_curve.png"), "rb") as f:
+        self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+      loaded = experiment.load(workdir)
+      self.assertEqual(loaded.config.alpha_t, (-0.01, 0.01))
+      np.testing.assert_array_equal(loaded.query, data["query"])
+
+  def test_bad_input_is_one_line_and_nothing_is_written(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _binary(f"--workdir={workdir}", "--alpha_t=0.1,nan")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertEqual(proc.stderr.strip().splitlines(), [
+          "sinusoid: error: --alpha_t: must contain only finite values "
+          "(got nan)"])
+      self.assertFalse(os.path.exists(workdir))
+
+
+# Runs the binary's flag handling for many command lines in one subprocess
+# (the binary's absl flags must not enter the test process, where other
+# binaries' flags of the same names may be defined).
+_FLAG_DRIVER = r"""
+import importlib.util, json, sys
+from absl import flags
+from negmeta import cli
+spec = importlib.util.spec_from_file_location("sinusoid_binary", sys.argv[1])
+binary = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(binary)
+out = []
+for argv in json.loads(sys.argv[2]):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["sinusoid", "--workdir=/tmp/unused", *argv])
+  try:
+    with cli.config_errors("sinusoid"):
+      config = binary.config_from_flags()
+    out.append({"config": {k: getattr(config, k) for k in
+                           ("meta_batch", "seeds", "iterations", "alpha_t")}})
+  except SystemExit as e:
+    out.append({"error": str(e.code)})
+print(json.dumps(out))
+"""
+
+
+class FlagErrorTest(absltest.TestCase):
+
+  def test_config_errors_name_the_flag_and_the_allowed_range(self):
+    cases = [
+        (["--iterations=0"],
+         "--iterations: must be an integer in [1, 100000000] (got 0)"),
+        (["--alpha_t=0.1,nan"], "--alpha_t: must contain only finite values"),
+        (["--alpha_r_min=1", "--alpha_r_max=-1"],
+         "--alpha_r_max: must be >= --alpha_r_min=1"),
+        (["--alpha_t_num=0"], "--alpha_t_num: must be an integer >= 1"),
+        (["--alpha_r="], "--alpha_r: must contain at least one value"),
+        (["--test_tasks=1"], "--test_tasks: must be an integer in"),
+        (["--seeds=0"], "--seeds: must be an integer in [1, 10000] (got 0)"),
+        (["--meta_lr=0"], "--meta_lr: must be a finite real number > 0 (got 0)"),
+        (["--eval_steps=-1"], "--eval_steps: must be an integer in [0, 1000]"),
+        (["--preset=finn_table2", "--meta_batch=10"],
+         "--meta_batch: contradicts --preset=finn_table2, which sets "
+         "meta_batch=25 (got 10)"),
+        (["--preset=finn_table2", "--alpha_t=0.02"],
+         "--alpha_t: contradicts --preset=finn_table2"),
+    ]
+    accepted = ["--preset=finn_table2", "--meta_batch=25", "--seeds=3",
+                "--iterations=100", "--alpha_t=0.01"]
+    argvs = [argv for argv, _ in cases] + [accepted]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLAG_DRIVER, BINARY, json.dumps(argvs)],
+        capture_output=True, text=True, timeout=300, env=env)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (argv, message), got in zip(cases, results):
+      with self.subTest(argv=argv):
+        self.assertIn("error", got)
+        self.assertTrue(got["error"].startswith("sinusoid: error: " + message),
+                        msg=got["error"])
+        self.assertNotIn("\n", got["error"])
+    self.assertEqual(results[-1], {"config": {
+        "meta_batch": 25, "seeds": 3, "iterations": 100, "alpha_t": [0.01]}})
+
+
+if __name__ == "__main__":
+  absltest.main()
