@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -103,7 +104,7 @@ def remat_mode(remat: bool | str) -> str:
   Args:
     remat: False or "none" (store every intermediate), "step" (checkpoint each
       inner step: the backward pass stores θ_k per step, memory O(K)), True or
-      "nested" (recursive checkpointing: O(log K) stored parameter trees).
+      "nested" (nested checkpointing: O(log K) stored parameter trees).
 
   Returns:
     "none", "step" or "nested".
@@ -121,48 +122,95 @@ def remat_mode(remat: bool | str) -> str:
                    f"(got {remat!r})")
 
 
+def level_sizes(length: int, max_levels: int = 8) -> tuple[int, ...]:
+  """Segment counts per level for `nested_checkpoint_scan`, outermost first.
+
+  Chooses sizes s_1 ≥ s_2 ≥ … with s_1·s_2·… ≥ `length` that minimize the
+  number of stored carries Σ s_i (then the padded length Π s_i, then the
+  depth): e.g. 10 → (4, 3), 50 → (5, 5, 2), 100 → (4, 3, 3, 3).
+
+  Args:
+    length: number of steps K >= 0.
+    max_levels: largest depth considered.
+
+  Returns:
+    The sizes, a tuple of positive ints (``(K,)`` for K <= 3).
+  """
+  if length <= 3:
+    return (max(length, 0),)
+  best = None
+
+  def search(prefix, remaining_levels, product, cap):
+    nonlocal best
+    if product >= length:
+      key = (sum(prefix), product, len(prefix))
+      if best is None or key < best[0]:
+        best = (key, tuple(prefix))
+      return
+    if remaining_levels == 0:
+      return
+    need = -(-length // product)                  # steps still to cover
+    lo = 2 if remaining_levels > 1 else need      # the last level must finish
+    # Balanced sizes suffice: no size above ⌈need^(1/levels)⌉ + 2.
+    hi = min(cap, need, int(round(need ** (1.0 / remaining_levels))) + 2)
+    for size in range(max(lo, 2), hi + 1):
+      if best is not None and sum(prefix) + size >= best[0][0] + 1:
+        break
+      search(prefix + [size], remaining_levels - 1, product * size, size)
+
+  for depth in range(1, max_levels + 1):
+    search([], depth, 1, length)
+  return best[1]
+
+
 def nested_checkpoint_scan(body: Callable[[Any, None], tuple[Any, Any]],
                            carry: Any, length: int) -> tuple[Any, Any]:
   """``lax.scan(body, carry, None, length)`` whose backward pass keeps O(log K) carries.
 
-  Recursive binary checkpointing: n > 1 steps run as two checkpointed halves
-  of ⌈n/2⌉ and ⌊n/2⌋ steps, each again split, down to single checkpointed
-  steps. The backward pass of the second half needs only the carry at its
-  start, so at any time it holds the carries at the split points on the path
-  from the root to the step being differentiated: about log₂ n parameter
-  trees instead of n, at the price of replaying each step's forward
-  computation about log₂ n times. Halves of equal length are one
-  `lax.scan` over two segments, so the program has O(log n) distinct pieces.
-  Values and gradients (of any order) are those of the plain scan.
+  Nested checkpointing with uniform scans: the K steps are arranged as
+  ``s_1 × s_2 × … × s_d`` (`level_sizes`; steps past K are masked to the
+  identity). Level 1 is a scan over s_1 checkpointed segments, each a scan
+  over s_2 checkpointed segments, and so on down to single checkpointed
+  steps. The backward pass stores the carries at the starts of the segments
+  of one path from the root: Σ s_i parameter trees (≈ e·ln K: 7 for K = 10,
+  12 for K = 50) instead of K, and replays each step's forward computation d
+  times. Each level is a single scan body, so the program size does not grow
+  with K. Values and gradients (of any order) are those of the plain scan.
 
   Args:
     body: ``body(carry, None) -> (carry, out)``, as for `lax.scan`.
     carry: initial carry.
-    length: number of steps n >= 0 (static).
+    length: number of steps K >= 0 (static).
 
   Returns:
-    (final carry, outputs stacked along a leading [n] axis).
+    (final carry, outputs stacked along a leading [K] axis).
   """
-  if length <= 1:
-    step = jax.checkpoint(body, prevent_cse=False)
-    return jax.lax.scan(step, carry, None, length=length)
-  first, second = -(-length // 2), length // 2
+  sizes = level_sizes(length)
+  padded = math.prod(sizes)
 
-  def half(n):
-    # prevent_cse=False is safe (and faster) inside scan (jax.checkpoint docs);
-    # outside a scan the default keeps XLA from merging the replay away.
-    return jax.checkpoint(
-        lambda c, _=None: nested_checkpoint_scan(body, c, n),
-        prevent_cse=first != second)
+  def step(c, index):
+    new, out = body(c, None)
+    if padded == length:
+      return new, out
+    keep = index < length
+    return jax.tree.map(lambda u, v: jnp.where(keep, u, v), new, c), out
 
-  if first == second:
-    carry, outs = jax.lax.scan(half(first), carry, None, length=2)
-    return carry, jax.tree.map(
-        lambda o: o.reshape((length,) + o.shape[2:]), outs)
-  carry, outs_1 = half(first)(carry)
-  carry, outs_2 = half(second)(carry)
-  return carry, jax.tree.map(lambda u, v: jnp.concatenate([u, v]), outs_1,
-                             outs_2)
+  def run(level, c, offset):
+    """Runs the Π sizes[level:] steps that start at step `offset`."""
+    inner = math.prod(sizes[level + 1:])
+    starts = offset + inner * jnp.arange(sizes[level])
+    if level == len(sizes) - 1:
+      f = step
+    else:
+      f = lambda c_, o: run(level + 1, c_, o)
+    # prevent_cse=False is safe (and faster) inside scan (jax.checkpoint docs).
+    c, outs = jax.lax.scan(jax.checkpoint(f, prevent_cse=False), c, starts)
+    return c, jax.tree.map(
+        lambda o: o.reshape((sizes[level] * inner,) + o.shape[2:])
+        if level < len(sizes) - 1 else o, outs)
+
+  carry, outs = run(0, carry, jnp.asarray(0, jnp.int32))
+  return carry, jax.tree.map(lambda o: o[:length], outs)
 
 
 def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
@@ -182,8 +230,8 @@ def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
     first_order: stop gradients through the inner gradients (FOMAML).
     remat: rematerialization (see `remat_mode`): False/"none"; "step"
       checkpoints the scan body, so the backward pass stores only the carry
-      (the parameters) per step, O(K); True/"nested" checkpoints recursively
-      (`nested_checkpoint_scan`), O(log K) stored parameter trees.
+      (the parameters) per step, O(K); True/"nested" nests checkpointed
+      scans (`nested_checkpoint_scan`), O(log K) stored parameter trees.
     observe: optional ``observe(params_k) -> pytree`` evaluated before each step.
 
   Returns:
@@ -236,8 +284,8 @@ def inner_loop(apply_fn: ApplyFn, params: Params, alpha: Any, x: ArrayLike,
       and gradients are unchanged. False/"none": store every intermediate of
       the second-order computation (memory O(K)); "step": checkpoint each
       step, storing only θ_k per step (O(K), smaller); True/"nested":
-      recursive checkpointing, O(log K) stored parameter trees for about
-      log₂K extra forward passes (`nested_checkpoint_scan`).
+      nested checkpointing, O(log K) stored parameter trees (≈ e·ln K) for
+      d ≈ log₃K replays of the forward steps (`nested_checkpoint_scan`).
 
   Returns:
     The adapted parameters θ_K, same structure and dtypes as `params`.
