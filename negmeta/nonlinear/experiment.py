@@ -114,8 +114,28 @@ class NonlinearSweepConfig:
 grid = cli.linear_grid
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Fig. 5: placeholder, set below.
-    "fig5": dict(),
+    # Fig. 5 of the paper, as the nonlinear counterpart of its Fig. 2b (the
+    # paper: "note the qualitative similarity with Figures 2b and 4b"):
+    # Fig. 2's sizes with the input dimension d in the role of p (p = 60,
+    # n_t = 30, n_v = 2, m = 3, n_r = 20, σ = 1), so N = m·n_v = 6 ≪ d ≪ P.
+    # Tasks y = (wᵀx + b)² + z with w̄ = 0, ν_w = 0.5 (the linear part 2b·wᵀx
+    # then has spread ≈ 1), b ~ N(1, 0.3²). α_r at 0.5/λ̄ (primary), 0.25/λ̄
+    # and 1/λ̄. 30 runs × 1000 test tasks × 10 points.
+    "fig5": dict(d=60, width=512, m=3, n_t=30, n_v=2, n_r=20, w_norm=0.0,
+                 b_mean=1.0, nu_w=0.5, nu_b=0.3, sigma=1.0,
+                 alpha_r=(0.5, 0.25, 1.0), units="curvature", num_steps=400,
+                 momentum=0.9, outer_lr=1.0, antisymmetric=True,
+                 grid=(-3.0, -2.0, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5,
+                       0.75, 1.0, 2.0),
+                 seeds=30, test_tasks=1000, test_points=10),
+    # A data-rich contrast: N = m·n_v = 200 query points in d = 10, where the
+    # network does learn the (nonlinear) mean task function.
+    "datarich": dict(d=10, width=512, m=40, n_t=5, n_v=5, n_r=5, w_norm=0.5,
+                     b_mean=0.5, nu_w=0.25, nu_b=0.25, sigma=0.3,
+                     alpha_r=(0.5, 0.25, 1.0), units="curvature", num_steps=400,
+                     momentum=0.9, outer_lr=1.0, antisymmetric=True,
+                     grid=(-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0),
+                     seeds=20, test_tasks=1000, test_points=10),
 }
 
 

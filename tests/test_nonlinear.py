@@ -1,0 +1,298 @@
+"""Nonlinear (quadratic) regression study: NTK linearization, its exact meta-solution,
+lazy-limit agreement with the trained network, one trace per sweep, the binary."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+
+from negmeta import _checks, linear, maml
+from negmeta.nonlinear import _study, experiment, ntk
+from negmeta import nonlinear as nl
+
+BINARY = os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
+                      "nonlinear_sweep.py")
+TINY = ["--d=3", "--width=8", "--m=2", "--n_t=3", "--n_v=2", "--n_r=3", "--seeds=2",
+        "--test_tasks=4", "--test_points=3", "--grid=-1,1", "--num_steps=5",
+        "--alpha_r=0.5,1"]
+
+
+def _problem(d=3, **kw):
+  args = dict(w_norm=0.5, b_mean=0.5, nu_w=0.3, nu_b=0.3, sigma=0.3)
+  args.update(kw)
+  return nl.quadratic_problem(d, dtype=jnp.float64, **args)
+
+
+def _net(width, d, key=0):
+  module = nl.TwoLayerReLU(width, param_dtype=jnp.float64)
+  params = nl.antisymmetric_init(module, jax.random.key(key), d)
+  return (lambda p, x: module.apply(p, x)), params
+
+
+class TasksAndModelTest(absltest.TestCase):
+
+  def test_sampler_shapes_and_mean(self):
+    prob = _problem(d=4)
+    batch = nl.sample_tasks(jax.random.key(1), prob, 4000, 3, 2)
+    self.assertEqual(batch.x_support.shape, (4000, 3, 4))
+    self.assertEqual(batch.y_query.shape, (4000, 2))
+    # E y = ‖w̄‖² + ν_w² + b̄² + ν_b² (x ~ N(0, I), E z = 0).
+    y = np.asarray(batch.y_support).ravel()
+    expected = 0.5**2 + 0.3**2 + 0.5**2 + 0.3**2
+    self.assertLess(abs(y.mean() - expected), 4 * y.std() / np.sqrt(y.size))
+
+  def test_antisymmetric_init_is_the_zero_function(self):
+    apply, params = _net(16, 3)
+    x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
+    # Paired units cancel up to the rounding of the width-16 sum (terms O(1)).
+    np.testing.assert_allclose(apply(params, x), np.zeros(5), atol=1e-14)
+    with self.assertRaisesRegex(ValueError, "even"):
+      nl.antisymmetric_init(nl.TwoLayerReLU(5), jax.random.key(0), 3)
+
+
+class LinearizationTest(absltest.TestCase):
+
+  def test_linearization_matches_network_to_first_order(self):
+    apply, params = _net(64, 3)
+    lin = ntk.linearize(apply, params)
+    x = jax.random.normal(jax.random.key(3), (7, 3), jnp.float64)
+    v = jax.random.normal(jax.random.key(4), (lin.num_params,), jnp.float64)
+    # Features are the Jacobian: Φv equals the JVP of the network.
+    _, jvp = jax.jvp(lambda t: lin.apply_flat(t, x), (lin.flat0,), (v,))
+    np.testing.assert_allclose(lin.features(x) @ v, jvp, rtol=1e-12, atol=1e-12)
+    # f(θ₀ + εv) − f_lin(θ₀ + εv) = o(ε): the relative remainder vanishes with
+    # ε (O(ε) but not monotone step by step: ReLU kinks are crossed at some ε).
+    rel = []
+    for eps in (1e-2, 1e-5):
+      exact = lin.apply_flat(lin.flat0 + eps * v, x)
+      rel.append(float(jnp.linalg.norm(exact - lin.predict(eps * v, x))
+                       / jnp.linalg.norm(eps * jvp)))
+    self.assertLess(rel[1], 1e-3)
+    self.assertLess(rel[1], rel[0] / 20)
+
+  def test_feature_space_solution_equals_linear_study_on_a_linear_model(self):
+    # A model that *is* linear, y = θᵀx: the NTK meta-solution (nearest θ₀,
+    # residual targets) must be the linear study's ω* with ω₀ = θ₀ ≠ 0.
+    p, m, n_t, n_v = 12, 2, 5, 2
+    key = jax.random.key(5)
+    x = jax.random.normal(key, (m, n_t + n_v, p), jnp.float64)
+    y = jax.random.normal(jax.random.key(6), (m, n_t + n_v), jnp.float64)
+    batch = maml.TaskBatch(x[:, :n_t], y[:, :n_t], x[:, n_t:], y[:, n_t:])
+    theta0 = jax.random.normal(jax.random.key(7), (p,), jnp.float64)
+    lin = ntk.linearize(lambda w, xs: xs @ w, theta0)
+    alphas = jnp.array([-0.7, 0.0, 0.3])
+    delta = ntk.exact_solution(ntk.meta_design(lin, batch), alphas).omega
+    raw = linear.meta_design(linear.TaskBatch(jnp.zeros(()), batch.x_support,
+                                              batch.y_support, batch.x_query,
+                                              batch.y_query))
+    for g, a in enumerate(alphas):
+      z, u = raw.at(a)
+      omega = linear.min_distance_solution(z, u, theta0)
+      np.testing.assert_allclose(theta0 + delta[g], omega, rtol=1e-9, atol=1e-10)
+
+
+class ExactSolutionTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.apply, self.params = _net(32, 3, key=8)
+    self.lin = ntk.linearize(self.apply, self.params)
+    self.batch = nl.sample_tasks(jax.random.key(9), _problem(), 3, 4, 2)
+    self.design = ntk.meta_design(self.lin, self.batch)
+    # The linearized network as a model over δ, for the engine's meta-loss.
+    self.lin_apply = lambda delta, x: self.lin.predict(delta, x)
+
+  def _meta_loss(self, delta, alpha):
+    return maml.meta_loss(self.lin_apply, delta, alpha, self.batch, steps=1,
+                          loss_fn=_study.half_mse)
+
+  @parameterized.parameters(-1.5, 0.0, 0.4)
+  def test_stationary_interpolating_and_nearest_theta0(self, alpha):
+    delta = ntk.exact_solution(self.design, jnp.array([alpha])).omega[0]
+    zero = jnp.zeros_like(delta)
+    # Stationary for the engine's meta-loss of the linearized network (autodiff
+    # through the inner step), and interpolating (N = 6 < P).
+    g0 = jnp.linalg.norm(jax.grad(self._meta_loss)(zero, alpha))
+    g = jnp.linalg.norm(jax.grad(self._meta_loss)(delta, alpha))
+    self.assertLess(float(g / g0), 1e-9)
+    self.assertLess(float(self._meta_loss(delta, alpha)), 1e-18)
+    # Nearest θ₀: δ* has no component in the null space of Z (δ* = Zᵀv).
+    z, _ = self.design.at(alpha)
+    v, *_ = jnp.linalg.lstsq(z.T, delta)
+    np.testing.assert_allclose(z.T @ v, delta, atol=1e-10 * float(jnp.linalg.norm(delta)))
+
+  def test_dual_path_is_primal_heavy_ball(self):
+    alpha, steps = 0.3, 25
+    opt = optax.sgd(1.0, momentum=0.9)
+    lr = 1.0 / ntk.meta_curvature(self.design, alpha)[-1]
+    dual = ntk.dual_optimizer_path(self.design, alpha, opt, lr, steps)
+    delta = jnp.zeros_like(dual)
+    state = opt.init(delta)
+    grad = jax.jit(jax.grad(self._meta_loss), static_argnums=1)
+    for _ in range(steps):
+      grads = grad(delta, alpha)
+      updates, state = opt.update(grads, state, delta)
+      delta = delta + lr * updates
+    np.testing.assert_allclose(dual, delta, rtol=1e-9, atol=1e-12)
+    # …and converges to the exact solution.
+    far = ntk.dual_optimizer_path(self.design, alpha, opt, lr, 3000)
+    exact = ntk.exact_solution(self.design, jnp.array([alpha])).omega[0]
+    np.testing.assert_allclose(far, exact, rtol=1e-6, atol=1e-8)
+
+  def test_adapted_test_loss_matches_engine_on_linearized_model(self):
+    delta = ntk.exact_solution(self.design, jnp.array([0.2, -0.4])).omega
+    test = nl.sample_tasks(jax.random.key(10), _problem(), 5, 3, 4)
+    got = ntk.adapted_test_loss(self.lin, delta, test, jnp.array([0.3, 0.7]), chunk=2)
+    for g in range(2):
+      for a, rate in enumerate((0.3, 0.7)):
+        ref = maml.adapt_and_evaluate(self.lin_apply, delta[g], rate, test, steps=1,
+                                      loss_fn=_study.half_mse).query[:, 1]
+        np.testing.assert_allclose(got[:, a, g], ref, rtol=1e-10)
+
+
+def _lazy_gap(width):
+  """Trained network vs linearized model after the same steps (tiny problem)."""
+  sizes = _study.Sizes(d=3, width=width, m=2, n_t=4, n_v=2, n_r=3, n_s=4,
+                       test_tasks=8, num_steps=40, momentum=0.9, antisymmetric=True,
+                       dtype="float64", grid_batch=2, eval_batch=4, ntk_chunk=4)
+  prob = _problem()
+  keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(11), r))(jnp.arange(2))
+  alpha = jnp.array([-0.4, 0.2])
+  lr = 0.5 / _study.ntk_curvature(keys, prob, alpha, sizes)[0]
+  paths, _ = _study.ntk_paths(keys, prob, alpha, lr, sizes)
+  trained = _study.train(keys, prob, alpha, lr, sizes)
+  ev = _study.evaluate_trained(keys, prob, trained.state.params, jnp.array([0.3]), sizes)
+  nev = _study.evaluate_ntk(keys, prob, paths, jnp.array([0.3]), sizes)
+  pred_tr = np.asarray(ev.predictions).transpose(1, 0, 2, 3)
+  pred_lin = np.asarray(nev.predictions)
+  function_gap = np.mean((pred_tr - pred_lin) ** 2) / np.mean(pred_lin**2)
+  loss_gap = np.max(np.abs(np.asarray(ev.loss)[..., 0].T - np.asarray(nev.loss)[:, 0]))
+  return function_gap, loss_gap
+
+
+class LazyLimitTest(absltest.TestCase):
+
+  def test_trained_network_approaches_ntk_as_width_grows(self):
+    # NTK parameterization: the distance between the trained network and its
+    # linearization after the same outer steps shrinks like 1/width.
+    narrow_f, narrow_l = _lazy_gap(32)
+    wide_f, wide_l = _lazy_gap(1024)
+    self.assertLess(wide_f, narrow_f / 8)
+    self.assertLess(wide_l, narrow_l / 4)
+    self.assertLess(wide_f, 1e-3)
+
+
+class OneTraceTest(absltest.TestCase):
+
+  def test_whole_grid_of_runs_traces_once(self):
+    sizes = _study.Sizes(d=2, width=4, m=2, n_t=2, n_v=1, n_r=2, n_s=2, test_tasks=2,
+                         num_steps=3, momentum=0.9, antisymmetric=True,
+                         dtype="float64", grid_batch=2, eval_batch=2, ntk_chunk=2)
+    counted = jax.jit(chex.assert_max_traces(_study._train_grid, n=1),
+                      static_argnames=("sizes",))
+    prob = _problem(d=2)
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(0), r))(jnp.arange(3))
+    first = counted(keys, prob, jnp.array([-1.0, 0.0, 0.5]), jnp.full((3, 3), 0.1),
+                    sizes=sizes)
+    second = counted(keys, _problem(d=2, sigma=0.9), jnp.array([0.2, 0.3, -2.0]),
+                     jnp.full((3, 3), 0.05), sizes=sizes)
+    self.assertEqual(first.losses.shape, (3, 3, 3))   # [G, R, steps]
+    self.assertFalse(np.allclose(first.losses, second.losses))
+
+
+def _run(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, BINARY, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env)
+
+
+class BinaryTest(absltest.TestCase):
+
+  def test_tiny_run_writes_results_figure_and_table(self):
+    with tempfile.TemporaryDirectory() as d:
+      proc = _run(f"--workdir={d}", *TINY)
+      self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
+      self.assertIn("NTK exact", proc.stdout)
+      self.assertIn("curvature λ̄", proc.stdout)
+      self.assertEqual(sorted(os.listdir(d)),
+                       ["nonlinear_sweep.png", "results.json", "runs.npz"])
+      with open(os.path.join(d, "results.json")) as f:
+        rec = json.load(f)
+      self.assertEqual(rec["config"]["grid"], [-1.0, 0.0, 1.0])   # 0 added
+      self.assertEqual(rec["seeds"]["runs"], 2)
+      self.assertIn("jax", rec["runtime"]["versions"])
+      self.assertGreater(rec["curvature"]["lambda_bar"], 0)
+      entry = rec["grid"][0]
+      for key in ("trained", "ntk", "ntk_same_steps", "diverged", "by_alpha_r"):
+        self.assertIn(key, entry)
+      self.assertEqual(entry["trained"]["runs"], 2)
+      self.assertLen(entry["by_alpha_r"], 2)
+      self.assertLen(rec["optimum"], 2)
+      data = np.load(os.path.join(d, "runs.npz"))
+      self.assertEqual(data["loss_trained"].shape, (2, 2, 3))   # [R, A, G]
+      np.testing.assert_allclose(data["loss_ntk"][:, 0, 0].mean(),
+                                 entry["ntk"]["mean"])
+      with open(os.path.join(d, "nonlinear_sweep.png"), "rb") as f:
+        self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+class BadInputTest(parameterized.TestCase):
+  """One-line error naming the flag and its allowed values; exit ≠ 0."""
+
+  @parameterized.named_parameters(
+      ("odd_width", dict(width=7), "width", "must be an even integer"),
+      ("one_seed", dict(seeds=1), "seeds", "must be an integer >= 2"),
+      ("no_test_tasks", dict(test_tasks=0), "test_tasks", "must be an integer >= 1"),
+      ("negative_noise", dict(sigma=-1.0), "sigma", ">= 0"),
+      ("momentum_one", dict(momentum=1.0), "momentum", "<= 0.99"),
+      ("unstable_outer_lr", dict(outer_lr=4.0), "outer_lr", "< 2(1 + momentum) = 3.8"),
+      ("zero_outer_lr", dict(outer_lr=0.0), "outer_lr", "> 0"),
+      ("nan_rate", dict(alpha_r=(float("nan"),)), "alpha_r", "only finite"),
+      ("empty_grid", dict(grid=()), "grid", "at least one value"),
+      ("bad_units", dict(units="fast"), "units", "must be one of curvature, absolute"),
+  )
+  def test_validate(self, fields, name, detail):
+    with self.assertRaises(_checks.ConfigError) as cm:
+      experiment.validate(experiment.NonlinearSweepConfig(**fields))
+    self.assertEqual(cm.exception.name, name)
+    self.assertIn(detail, cm.exception.detail)
+
+  def test_preset_contradiction(self):
+    with self.assertRaisesRegex(_checks.ConfigError, "contradicts --preset=fig5"):
+      experiment.preset("fig5", d=5)
+    self.assertEqual(experiment.preset("fig5", seeds=10).seeds, 10)
+
+  @parameterized.named_parameters(
+      ("odd_width", ["--width=3"], "nonlinear_sweep: error: --width: must be an even"),
+      ("nan_alpha_r", ["--alpha_r=0.5,nan"],
+       "nonlinear_sweep: error: --alpha_r: must contain only finite values"),
+      ("reversed_grid", ["--grid_min=1", "--grid_max=-1"],
+       "nonlinear_sweep: error: --grid_max: must be >="),
+      ("preset", ["--preset=fig5", "--m=4"],
+       "nonlinear_sweep: error: --m: contradicts --preset=fig5"),
+  )
+  def test_binary_one_line_error(self, args, message):
+    with tempfile.TemporaryDirectory() as d:
+      proc = _run(f"--workdir={d}", *args, timeout=60)
+      self.assertNotEqual(proc.returncode, 0)
+      lines = proc.stderr.strip().splitlines()
+      self.assertTrue(lines[-1].startswith(message), msg=proc.stderr[-2000:])
+      self.assertEqual(os.listdir(d), [])
+
+  def test_binary_requires_workdir(self):
+    proc = _run("--seeds=2", timeout=60)
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn("nonlinear_sweep: error: --workdir: is required", proc.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
