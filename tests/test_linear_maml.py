@@ -179,10 +179,10 @@ class ReducedProtocolTest(parameterized.TestCase):
     plan = _maml.ProtocolPlan(vary_t=True, vary_r=vary_r)
     train = _sampler.sample_meta_training(jax.random.key(seed), problem)
     design = _maml.meta_design(train)
-    omega = _maml.meta_solution_path(design, problem.omega0, alpha_t).omega
-    ref, basis = _maml.omega_span(design, omega, problem.omega0, plan)
+    solution = _maml.meta_solution_path(design, problem.omega0, alpha_t)
+    span = _maml.omega_span(design, solution, problem.omega0, alpha_t, plan)
     adapt = _sampler.sample_meta_test(jax.random.key(seed + 1), problem, 9, 0)
-    return problem, omega, alpha_r, plan, ref, basis, adapt
+    return problem, solution.omega, alpha_r, plan, span, adapt
 
   @staticmethod
   def _errors(omega, adapt, alpha_r):
@@ -193,9 +193,10 @@ class ReducedProtocolTest(parameterized.TestCase):
 
   @parameterized.product(vary_r=(False, True), kw=(OVER, WIDE))
   def test_generators_reproduce_every_error_direction(self, vary_r, kw):
-    problem, omega, alpha_r, plan, ref, basis, adapt = self._setup(vary_r, kw)
-    np.testing.assert_allclose(omega - ref, (omega - ref) @ basis @ basis.T, atol=1e-12)
-    gens, coef = _maml.protocol_generators(omega, ref, basis, adapt, alpha_r, plan)
+    problem, omega, alpha_r, plan, span, adapt = self._setup(vary_r, kw)
+    ref, basis, coords = span
+    np.testing.assert_allclose(ref + coords @ basis.T, omega, atol=1e-12)
+    gens, coef = _maml.protocol_generators(*span, adapt, alpha_r, plan)
     self.assertEqual(gens.shape[-1], plan.num_generators(problem.p, problem.num_validation))
     np.testing.assert_allclose(jnp.einsum("tpj,jg->tgp", gens, coef),
                                self._errors(omega, adapt, alpha_r), atol=1e-12)
@@ -205,12 +206,23 @@ class ReducedProtocolTest(parameterized.TestCase):
     plan = _maml.ProtocolPlan(vary_t=False, vary_r=True)
     omega = jnp.broadcast_to(jax.random.normal(jax.random.key(3), (12,)), (4, 12))
     alpha_r = jnp.linspace(0.0, 0.6, 4)
-    ref, basis = _maml.omega_span(None, omega, problem.omega0, plan)
+    solution = _maml.MetaSolution(omega=omega, rcond=jnp.ones(4), dual=jnp.zeros((4, 0)))
+    span = _maml.omega_span(None, solution, problem.omega0, jnp.full(4, 0.3), plan)
     adapt = _sampler.sample_meta_test(jax.random.key(4), problem, 5, 0)
-    gens, coef = _maml.protocol_generators(omega, ref, basis, adapt, alpha_r, plan)
+    gens, coef = _maml.protocol_generators(*span, adapt, alpha_r, plan)
     self.assertEqual(gens.shape, (5, 12, 2))
     np.testing.assert_allclose(jnp.einsum("tpj,jg->tgp", gens, coef),
                                self._errors(omega, adapt, alpha_r), atol=1e-12)
+
+  @parameterized.parameters((5, 5), (7, 4))
+  def test_psd_cholesky(self, size, rank):
+    a = jax.random.normal(jax.random.key(size), (3, size, rank))
+    k = a @ jnp.swapaxes(a, 1, 2)                       # rank-deficient when rank < size
+    chol = _maml.psd_cholesky(k)
+    np.testing.assert_allclose(chol @ jnp.swapaxes(chol, 1, 2), k, atol=1e-12)
+    np.testing.assert_array_equal(jnp.triu(chol, 1), 0.0)
+    if rank == size:
+      np.testing.assert_allclose(chol, jnp.linalg.cholesky(k), atol=1e-12)
 
   def test_adaptation_data_do_not_depend_on_the_test_points(self):
     problem = _problem(**OVER)
@@ -223,10 +235,10 @@ class ReducedProtocolTest(parameterized.TestCase):
     # Given the adaptation data, both estimators average ½(x_sᵀd + z_s)² over
     # fresh test points: equal means (½(σ² + mean_t ‖d_t‖²), exactly) and equal
     # spreads. 3000 draws each; means within 4 s.e., spreads within 4 s.e. of 1.
-    problem, omega, alpha_r, plan, ref, basis, adapt = self._setup(vary_r, kw)
+    problem, omega, alpha_r, plan, span, adapt = self._setup(vary_r, kw)
     p, n, points = problem.p, 3000, 20
     reduced = jax.vmap(lambda k: _maml.protocol_test_loss_reduced(
-        k, omega, ref, basis, adapt, alpha_r, problem.sigma, points, plan))(
+        k, *span, adapt, alpha_r, problem.sigma, points, plan))(
             jax.random.split(jax.random.key(30), n))
 
     def direct(k):

@@ -16,7 +16,7 @@ from absl.testing import absltest
 from negmeta import io, problems
 from negmeta.linear import _sweep
 
-SMALL = dict(p=12, n_t=6, n_v=2, n_r=5, m=3, sigma=0.7, nu=1.3)
+SMALL = dict(p=30, n_t=6, n_v=2, n_r=5, m=3, sigma=0.7, nu=1.3)   # J = 13 or 26 < p: reduced protocol
 EVAL = dict(test_tasks=3, test_points=4)
 
 
@@ -31,20 +31,34 @@ def _assert_runs_close(a, b, **tol):
 
 class OneTraceTest(absltest.TestCase):
 
+  def _counted(self):
+    chex.clear_trace_counter()   # counts are per function, across tests
+    return jax.jit(chex.assert_max_traces(_sweep._simulate_chunk, n=1),
+                   static_argnames=_sweep.STATIC_ARGNAMES)
+
   def test_whole_sweeps_trace_once(self):
-    counted = jax.jit(chex.assert_max_traces(_sweep._simulate_chunk, n=1),
-                      static_argnames=_sweep.STATIC_ARGNAMES)
-    with mock.patch.object(_sweep, "simulate_chunk", counted):
-      # 5 chunks of 4 runs (last one padded), then new grid values, new rates and
-      # new σ, ν: all reuse the single trace.
+    with mock.patch.object(_sweep, "simulate_chunk", self._counted()):
+      # 5 chunks of 4 runs (last one padded), then new grid values, a new fixed
+      # rate and new σ, ν: all reuse the single trace.
       _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 7), 0.2, runs=18, seed=0,
                        batch_size=2, chunk_runs=4, **EVAL)
-      _sweep.run_sweep(_problem(sigma=0.1, nu=2.0), jnp.linspace(-3, 0.5, 7),
-                       jnp.linspace(0.0, 0.4, 7), runs=18, seed=5, batch_size=2,
-                       chunk_runs=4, **EVAL)
+      _sweep.run_sweep(_problem(sigma=0.1, nu=2.0), jnp.linspace(-3, 0.5, 7), 0.35,
+                       runs=18, seed=5, batch_size=2, chunk_runs=4, **EVAL)
       with self.assertRaises(AssertionError):   # a new grid *shape* must retrace
         _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 8), 0.2, runs=4,
                          batch_size=2, chunk_runs=4, **EVAL)
+
+  def test_each_kind_of_sweep_traces_once(self):
+    # Which rates vary is static structure (it picks the protocol's generators);
+    # the values are not: sweeps of one kind share one trace.
+    with mock.patch.object(_sweep, "simulate_chunk", self._counted()):
+      for seed, lo in ((0, -0.1), (1, 0.05)):
+        _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 7), jnp.linspace(lo, 0.5, 7),
+                         runs=4, seed=seed, batch_size=2, **EVAL)
+    with mock.patch.object(_sweep, "simulate_chunk", self._counted()):
+      for alpha_t in (0.2, -0.4):
+        _sweep.run_sweep(_problem(), alpha_t, jnp.linspace(-0.1, 0.5, 7), runs=4,
+                         batch_size=2, **EVAL)
 
 
 class CommonRandomNumbersTest(absltest.TestCase):
@@ -59,10 +73,17 @@ class CommonRandomNumbersTest(absltest.TestCase):
   def test_each_grid_value_sees_the_same_data(self):
     grid = jnp.array([-1.0, 0.3, 0.8])
     full = _sweep.run_sweep(_problem(), grid, 0.2, runs=6, seed=1, **EVAL)
+    other = _sweep.run_sweep(_problem(), jnp.array([0.3, 2.0]), 0.2, runs=6, seed=1,
+                             **EVAL)
     alone = _sweep.run_sweep(_problem(), grid[1:2], 0.2, runs=6, seed=1, **EVAL)
     for name in _sweep.RunValues._fields:
-      np.testing.assert_allclose(getattr(full, name)[:, 1], getattr(alone, name)[:, 0],
+      np.testing.assert_allclose(getattr(full, name)[:, 1], getattr(other, name)[:, 0],
                                  rtol=1e-12, err_msg=name)
+      # A one-point grid is another kind of sweep (α_t fixed): the protocol's test
+      # points are drawn in a different span (same law); everything else is equal.
+      if name != "protocol_loss":
+        np.testing.assert_allclose(getattr(full, name)[:, 1], getattr(alone, name)[:, 0],
+                                   rtol=1e-12, err_msg=name)
 
   def test_different_seeds_differ(self):
     a = _sweep.run_sweep(_problem(), [0.1], 0.2, runs=4, seed=1, **EVAL)

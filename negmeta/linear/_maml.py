@@ -141,9 +141,11 @@ class MetaSolution(NamedTuple):
       [G]: an upper bound on its reciprocal condition number (cheap, and exact
       enough to flag ill-conditioned meta-regressions); NaN if the Gram matrix is
       numerically singular, in which case ω* is NaN too.
+    dual: λ with ω* − ω_0 = Z(α_t)ᵀλ when N < p, [G, N]; [G, 0] otherwise.
   """
   omega: jax.Array
   rcond: jax.Array
+  dual: jax.Array
 
 
 def meta_solution_path(design: MetaDesign, omega0: jax.Array,
@@ -168,12 +170,13 @@ def meta_solution_path(design: MetaDesign, omega0: jax.Array,
     x = jax.scipy.linalg.cho_solve((chol, True), rhs)
     pivots = jnp.diagonal(chol) ** 2
     rcond = jnp.min(pivots) / jnp.max(pivots)
+    dual = x if n < p else x[:0]
     if n < p:
       x = design.z0.T @ x - alpha * (design.z1.T @ x)
-    return omega0 + x, rcond
+    return omega0 + x, rcond, dual
 
-  omega, rcond = jax.vmap(solve)(alpha_t)
-  return MetaSolution(omega=omega, rcond=rcond)
+  omega, rcond, dual = jax.vmap(solve)(alpha_t)
+  return MetaSolution(omega=omega, rcond=rcond, dual=dual)
 
 
 def inner_step_gap(train: TaskBatch, alpha_t: jax.Array) -> jax.Array:
@@ -272,6 +275,35 @@ def protocol_test_loss(omega: jax.Array, test: TaskBatch,
   return 0.5 * jnp.mean(err**2, axis=(0, 1))
 
 
+def psd_cholesky(k: jax.Array) -> jax.Array:
+  """L lower triangular with L Lᵀ = k for a positive semi-definite k, in pure jnp.
+
+  Column-by-column Cholesky with non-positive pivots clamped to zero (those
+  columns of L are zero), so a singular k still gives L Lᵀ = k. Pure jnp, not a
+  LAPACK custom call: jaxlib 0.10.2's batched CPU LAPACK kernels block an XLA
+  intra-op thread while waiting for sub-tasks on the same pool, so several of
+  them running concurrently can deadlock a small machine (BUILD_NOTES.md §4).
+  Meant for small static sizes (the loop is unrolled).
+
+  Args:
+    k: [..., J, J] symmetric positive semi-definite.
+
+  Returns:
+    [..., J, J].
+  """
+  size = k.shape[-1]
+  cols = []
+  for j in range(size):
+    v = k[..., :, j]
+    for i, c in enumerate(cols):
+      v = v - c * c[..., j:j + 1]
+    pivot = v[..., j:j + 1]
+    ok = pivot > 0
+    col = jnp.where(ok, v / jnp.sqrt(jnp.where(ok, pivot, 1)), 0)
+    cols.append(jnp.where(jnp.arange(size) >= j, col, 0))
+  return jnp.stack(cols, axis=-1)
+
+
 class ProtocolPlan(NamedTuple):
   """Which rates vary along a grid: decides the reduced protocol's generators.
 
@@ -295,44 +327,49 @@ class ProtocolPlan(NamedTuple):
     return self.num_generators(p, num_validation) < p
 
 
-def omega_span(design: MetaDesign, omega: jax.Array, omega0: jax.Array,
-               plan: ProtocolPlan) -> tuple[jax.Array, jax.Array]:
-  """A point and an orthonormal basis of an affine space containing every ω*_g.
+def omega_span(design: MetaDesign, solution: MetaSolution, omega0: jax.Array,
+               alpha_t: jax.Array, plan: ProtocolPlan
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """ω*_g = ω_ref + B c_g for every grid value: a point, a basis, coordinates.
 
-  ω*(α_t) − ω_0 = Z(α_t)ᵀλ lies in the row space of Z(α_t) = z0 − α_t z1, so in
-  span(rows of z0 and z1) for every α_t (§1.4). With α_t fixed along the grid
-  every ω*_g is the same point and the basis is empty.
+  In the overparameterized regime ω*(α_t) − ω_0 = Z(α_t)ᵀλ with Z(α_t) = z0 − α_t z1
+  (§1.4), so with B = [z0; z1]ᵀ the coordinates are c = [λ; −α_t λ], exactly, for
+  every α_t. With α_t fixed along the grid every ω*_g is the same point and the
+  basis is empty.
 
   Args:
-    design: the run's MetaDesign (N rows).
-    omega: ω* on the grid, [G, p].
+    design: the run's MetaDesign (N rows, N < p when α_t varies).
+    solution: `meta_solution_path(design, omega0, alpha_t)`.
     omega0: [p].
+    alpha_t: [G].
     plan: the grid's ProtocolPlan.
 
   Returns:
-    (ω_ref [p], basis [p, k]) with k = min(2N, p), or k = 0 when α_t is fixed.
+    (ω_ref [p], B [p, k], c [G, k]) with k = 2N, or k = 0 when α_t is fixed.
   """
   if not plan.vary_t:
-    return omega[0], jnp.zeros((omega.shape[-1], 0), omega.dtype)
-  basis, _ = jnp.linalg.qr(jnp.concatenate([design.z0, design.z1]).T)   # [p, k]
-  return omega0, basis
+    p, g = solution.omega.shape[-1], alpha_t.shape[0]
+    return (solution.omega[0], jnp.zeros((p, 0), omega0.dtype),
+            jnp.zeros((g, 0), omega0.dtype))
+  basis = jnp.concatenate([design.z0, design.z1]).T                       # [p, 2N]
+  coords = jnp.concatenate([solution.dual, -alpha_t[:, None] * solution.dual], 1)
+  return omega0, basis, coords
 
 
-def protocol_generators(omega: jax.Array, omega_ref: jax.Array, basis: jax.Array,
+def protocol_generators(omega_ref: jax.Array, basis: jax.Array, coords: jax.Array,
                         adapt: TaskBatch, alpha_r: jax.Array, plan: ProtocolPlan
                         ) -> tuple[jax.Array, jax.Array]:
   """Factorises the test-error directions d_{t,g} = w_t − θ_{t,g} = G_t c_g.
 
   θ_{t,g} = ω_g − α_{r,g}(H_r ω_g − b_r) with H_r = X_rᵀX_r/n_r, b_r = X_rᵀy_r/n_r
-  (the adaptation step, §1.5), and ω_g = ω_ref + Q c_g. Then
+  (the adaptation step, §1.5), and ω_g = ω_ref + Q c_g (`omega_span`). Then
   d_{t,g} = (w_t − ω_ref) + α_{r,g}(H_r ω_ref − b_r) − (I − α_{r,g}H_r) Q c_g,
   i.e. G_t = [w_t − ω_ref, H_r ω_ref − b_r, −Q, H_r Q] with coefficients
   [1, α_{r,g}, c_g, α_{r,g} c_g]; with α_r fixed the first two and the last two
   generators merge: G_t = [w_t − ω_ref + α_r(H_r ω_ref − b_r), −(I − α_r H_r)Q].
 
   Args:
-    omega: ω* on the grid, [G, p].
-    omega_ref, basis: from `omega_span`, [p] and [p, k].
+    omega_ref, basis, coords: from `omega_span`, [p], [p, k] and [G, k].
     adapt: T new tasks; w [T, p], x_a [T, n_r, p], y_a [T, n_r].
     alpha_r: adaptation rates, [G].
     plan: the grid's ProtocolPlan.
@@ -341,7 +378,7 @@ def protocol_generators(omega: jax.Array, omega_ref: jax.Array, basis: jax.Array
     (G [T, p, J], coefficients [J, G]), J = plan.num_generators(...).
   """
   n_r = adapt.x_a.shape[1]
-  c = (omega - omega_ref) @ basis                                          # [G, k]
+  c = coords                                                               # [G, k]
   grad_ref = jnp.einsum("tnp,tn->tp", adapt.x_a,
                         adapt.x_a @ omega_ref - adapt.y_a) / n_r          # H_rω_ref − b_r
   hq = jnp.einsum("tnp,tnk->tpk", adapt.x_a, adapt.x_a @ basis) / n_r      # H_r Q
@@ -359,24 +396,23 @@ def protocol_generators(omega: jax.Array, omega_ref: jax.Array, basis: jax.Array
   return gens, coef
 
 
-def protocol_test_loss_reduced(key: jax.Array, omega: jax.Array,
-                               omega_ref: jax.Array, basis: jax.Array,
+def protocol_test_loss_reduced(key: jax.Array, omega_ref: jax.Array,
+                               basis: jax.Array, coords: jax.Array,
                                adapt: TaskBatch, alpha_r: jax.Array, sigma: ArrayLike,
                                test_points: int, plan: ProtocolPlan) -> jax.Array:
   """The paper's protocol, drawing each test point only where it matters.
 
   The protocol's error at test point x_s of task t is x_sᵀd_{t,g} + z_s with
   d_{t,g} = G_t c_g (`protocol_generators`). For x_s ~ N(0, I_p) independent of
-  G_t = Q_t R_t (thin QR), x_sᵀG_t = (Q_tᵀx_s)ᵀR_t and Q_tᵀx_s ~ N(0, I): so
-  drawing ζ_s ~ N(0, I_{min(p, J)}) gives errors with exactly the protocol's joint
-  distribution over tasks, points and grid values (common random numbers kept),
-  with J normals per point instead of p. Same estimator, same distribution as
-  `protocol_test_loss`; fewer random draws and flops when J < p.
+  G_t, the row x_sᵀG_t ~ N(0, K_t) with K_t = G_tᵀG_t = L_t L_tᵀ, so drawing
+  ζ_s ~ N(0, I_J) and using ζ_sᵀL_tᵀ gives errors with exactly the protocol's
+  joint distribution over tasks, points and grid values (common random numbers
+  kept), with J normals per point instead of p. Same estimator, same distribution
+  as `protocol_test_loss`; fewer random draws and flops when J < p.
 
   Args:
     key: PRNG key for the test points.
-    omega: ω* on the grid, [G, p].
-    omega_ref, basis: from `omega_span`.
+    omega_ref, basis, coords: from `omega_span`.
     adapt: the T new tasks' parameters and adaptation data (x_b unused).
     alpha_r: [G].
     sigma: label noise σ.
@@ -386,12 +422,13 @@ def protocol_test_loss_reduced(key: jax.Array, omega: jax.Array,
   Returns:
     Mean test loss per grid value, [G].
   """
-  gens, coef = protocol_generators(omega, omega_ref, basis, adapt, alpha_r, plan)
-  r = jnp.linalg.qr(gens, mode="r")                          # [T, min(p, J), J]
-  num_tasks, num_gens = gens.shape[0], r.shape[-2]
+  gens, coef = protocol_generators(omega_ref, basis, coords, adapt, alpha_r, plan)
+  chol = psd_cholesky(jnp.matmul(jnp.swapaxes(gens, -1, -2), gens))        # [T, J, J]
+  num_tasks, num_gens = gens.shape[0], gens.shape[-1]
   zeta, noise = _prng.normals(key, [(num_tasks, test_points, num_gens),
-                                     (num_tasks, test_points)], gens.dtype)
-  err = jnp.matmul(zeta, jnp.matmul(r, coef)) + sigma * noise[..., None]  # [T, n_s, G]
+                                    (num_tasks, test_points)], gens.dtype)
+  scaled = jnp.matmul(jnp.swapaxes(chol, -1, -2), coef)                    # [T, J, G]
+  err = jnp.matmul(zeta, scaled) + sigma * noise[..., None]               # [T, n_s, G]
   return 0.5 * jnp.mean(err**2, axis=(0, 1))
 
 

@@ -84,23 +84,32 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
   if plan is not None and plan.reduces(problem.p, problem.num_validation):
     # Same adaptation data as the direct protocol (same key, no test points).
     adapt = _sampler.sample_meta_test(k_test, problem, test_tasks, 0)
-    ref, basis = _maml.omega_span(design, solution.omega, problem.omega0, plan)
+    span = _maml.omega_span(design, solution, problem.omega0, alpha_t, plan)
     protocol = _maml.protocol_test_loss_reduced(
-        jax.random.fold_in(k_test, 1), solution.omega, ref, basis, adapt, alpha_r,
-        problem.sigma, test_points, plan)
+        jax.random.fold_in(k_test, 1), *span, adapt, alpha_r, problem.sigma,
+        test_points, plan)
   else:
     test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
     protocol = _maml.protocol_test_loss(solution.omega, test, alpha_r)
-  cond = (_maml.expected_distance_given_inputs(train, problem, alpha_t) if conditional
-          else jnp.full_like(alpha_t, jnp.nan))
+  # The LAPACK calls (Cholesky here, eigvalsh in the gap, Cholesky in the
+  # conditional estimator) run one after another: jaxlib 0.10.2's batched CPU
+  # LAPACK kernels can deadlock when several run concurrently (BUILD_NOTES §4).
+  gap = _maml.inner_step_gap(_after(train, solution), alpha_t)
+  cond = (_maml.expected_distance_given_inputs(_after(train, gap), problem, alpha_t)
+          if conditional else jnp.full_like(alpha_t, jnp.nan))
   return RunValues(
       distance=jnp.sum((solution.omega - problem.w0) ** 2, axis=-1),
       exact_loss=_maml.exact_test_loss(solution.omega, problem, alpha_r),
       protocol_loss=protocol,
       rcond=solution.rcond,
-      inner_gap=_maml.inner_step_gap(train, alpha_t),
+      inner_gap=gap,
       conditional_distance=cond,
       conditional_loss=_maml.exact_test_loss_given_distance(cond, problem, alpha_r))
+
+
+def _after(value, *dependencies):
+  """`value`, available only once `dependencies` are computed (orders XLA thunks)."""
+  return jax.lax.optimization_barrier((value, dependencies))[0]
 
 
 def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
@@ -261,9 +270,10 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
         keys = run_keys(seed, first, b)
         if sharding is not None:
           keys = jax.device_put(keys, sharding)
-        batches.append(simulate_chunk(keys, problem, alpha_t, alpha_r,
-                                      test_tasks=test_tasks, test_points=test_points,
-                                      conditional=conditional, plan=plan))
+        # Blocking on each batch keeps one computation in flight (see `_after`).
+        batches.append(jax.block_until_ready(simulate_chunk(
+            keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
+            test_points=test_points, conditional=conditional, plan=plan)))
       saved = {k: np.concatenate([np.asarray(getattr(o, k)).reshape(b, grid_size)
                                   for o in batches])[:valid]
                for k in RunValues._fields}
