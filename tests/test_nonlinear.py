@@ -181,6 +181,25 @@ def _lazy_gap(width):
 
 class LazyLimitTest(absltest.TestCase):
 
+  def test_trained_evaluation_matches_engine(self):
+    sizes = _study.Sizes(d=3, width=8, m=2, n_t=3, n_v=2, n_r=3, n_s=4, test_tasks=5,
+                         num_steps=2, momentum=0.9, antisymmetric=True,
+                         dtype="float64", grid_batch=1, eval_batch=2, ntk_chunk=2)
+    prob = _problem()
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(12), r))(jnp.arange(2))
+    trained = _study.train(keys, prob, jnp.array([0.3]), jnp.full((2, 1), 0.2), sizes)
+    rates = jnp.array([0.1, 0.6])
+    ev = _study.evaluate_trained(keys, prob, trained.state.params, rates, sizes)
+    apply = _study.apply_fn(sizes)
+    for r in range(2):
+      test = _study.make_run(keys[r], prob, sizes).test
+      params = jax.tree.map(lambda a: a[0, r], trained.state.params)
+      for a in range(2):
+        ref = maml.adapt_and_evaluate(apply, params, rates[a], test, steps=1,
+                                      loss_fn=_study.half_mse).query
+        np.testing.assert_allclose(ev.loss[0, r, a], ref[:, 1].mean(), rtol=1e-12)
+      np.testing.assert_allclose(ev.loss_unadapted[0, r], ref[:, 0].mean(), rtol=1e-12)
+
   def test_trained_network_approaches_ntk_as_width_grows(self):
     # NTK parameterization: the distance between the trained network and its
     # linearization after the same outer steps shrinks like 1/width.

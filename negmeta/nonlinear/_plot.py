@@ -61,10 +61,22 @@ def sweep_figure(result):
                  f"{'/λ̄' if c.units == 'curvature' else ''}; {c.seeds} runs × "
                  f"{c.test_tasks} tasks", fontsize=8)
     ax.legend(fontsize=7)
-    vals = np.concatenate([est[k].mean[np.isfinite(est[k].mean)] for k in est])
-    if vals.size:
-      lo, hi = np.min(vals), np.max(vals)
+    # Scale to the NTK curves and the trained points near them; trained points
+    # far above (non-lazy blow-ups) are marked at the top edge with their value.
+    ntk_vals = np.concatenate([est[k].mean + est[k].se for k in ("ntk", "ntk_same_steps")])
+    ntk_vals = ntk_vals[np.isfinite(ntk_vals)]
+    tr = est["trained"].mean
+    if ntk_vals.size:
+      lo = np.nanmin(np.concatenate([ntk_vals, tr - est["trained"].se]))
+      span = np.max(ntk_vals) - lo
+      hi = max(np.max(ntk_vals), np.nanmax(np.where(tr <= np.max(ntk_vals) + span, tr, -np.inf)
+                                           + est["trained"].se))
       pad = 0.08 * (hi - lo + 1e-12)
-      ax.set_ylim(lo - pad, hi + pad)
+      ax.set_ylim(lo - pad, hi + 3 * pad)
+      for xi, yi in zip(x, tr):
+        if np.isfinite(yi) and yi > hi + 3 * pad:
+          ax.annotate(f"{yi:.2f}", (xi, hi + 2.2 * pad), ha="center", fontsize=7,
+                      color="tab:blue")
+          ax.plot([xi], [hi + 2.8 * pad], marker="^", color="tab:blue", ms=5)
   fig.tight_layout()
   return fig

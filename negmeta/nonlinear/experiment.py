@@ -497,6 +497,31 @@ def summary_table(result: NonlinearSweepResult) -> str:
   return "\n".join(lines)
 
 
+def load(workdir: str) -> NonlinearSweepResult:
+  """Reads a result written by `save` (results.json + runs.npz) back.
+
+  The loss trace is the subsampled one that was saved.
+  """
+  import json  # local: only needed here.
+  with open(os.path.join(workdir, "results.json")) as f:
+    rec = json.load(f)
+  config = validate(NonlinearSweepConfig(**{
+      k: tuple(v) if isinstance(v, list) else v for k, v in rec["config"].items()}))
+  with np.load(os.path.join(workdir, "runs.npz")) as data:
+    arrays = {k: data[k] for k in data.files}
+  return NonlinearSweepResult(
+      config=config, curvature=rec["curvature"], alpha_t=arrays["alpha_t"],
+      alpha_r=arrays["alpha_r"],
+      losses={k: arrays[f"loss_{k}"] for k in CURVES},
+      trained_unadapted=arrays["trained_unadapted"], diverged=arrays["diverged"],
+      final_meta_loss=arrays["final_meta_loss"],
+      ntk_final_meta_loss=arrays["ntk_final_meta_loss"],
+      function_gap=arrays["function_gap"],
+      meta_curvature=(arrays["meta_curvature_max"], arrays["meta_curvature_min"]),
+      rcond=arrays["rcond"], loss_trace=arrays["loss_trace"],
+      optimum=rec["optimum"], seconds=rec["seconds"])
+
+
 def save(result: NonlinearSweepResult, workdir: str) -> dict[str, str]:
   """Writes results.json, runs.npz and the figure PNG atomically into `workdir`."""
   from negmeta.nonlinear import _plot  # local: matplotlib only when saving.
