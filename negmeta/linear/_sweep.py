@@ -95,8 +95,13 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
   # conditional estimator) run one after another: jaxlib 0.10.2's batched CPU
   # LAPACK kernels can deadlock when several run concurrently (BUILD_NOTES §4).
   gap = _maml.inner_step_gap(_after(train, solution), alpha_t)
-  cond = (_maml.expected_distance_given_inputs(_after(train, gap), problem, alpha_t)
-          if conditional else jnp.full_like(alpha_t, jnp.nan))
+  if conditional:
+    # With α_t fixed along the grid, E[D | inputs] is one number per run.
+    distinct = alpha_t[:1] if plan is not None and not plan.vary_t else alpha_t
+    cond = jnp.broadcast_to(_maml.expected_distance_given_inputs(
+        _after(train, gap), problem, distinct), alpha_t.shape)
+  else:
+    cond = jnp.full_like(alpha_t, jnp.nan)
   return RunValues(
       distance=jnp.sum((solution.omega - problem.w0) ** 2, axis=-1),
       exact_loss=_maml.exact_test_loss(solution.omega, problem, alpha_r),

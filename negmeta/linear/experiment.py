@@ -294,13 +294,14 @@ def run(config: LinearSweepConfig, *, store_dir: str | None = None,
 def uses_conditional(config: LinearSweepConfig) -> bool:
   """Whether the sweep also computes the conditional (Rao-Blackwellized) estimator.
 
-  Only in the overparameterized regime, where it is cheap (N×N solves) and where
-  it matters (D is heavy-tailed; 100-run sweeps are noisy). In the
-  underparameterized regime the plain estimators are already precise (N ≫ p
-  averages the noise) and it would cost a p×p solve with N right-hand sides per
-  grid value; `linear.expected_distances` computes it there on its own.
+  Where it is cheap: in the overparameterized regime (N×N solves; there it
+  matters most, D is heavy-tailed and 100-run sweeps are noisy) and in α_r sweeps
+  (one solve per run, shared by the grid). Underparameterized α_t sweeps would
+  need a p×p solve with N right-hand sides per grid value, and their plain
+  estimators are already precise (N ≫ p averages the noise);
+  `linear.expected_distances` computes it there on its own.
   """
-  return config.p > config.n_v * config.m
+  return config.p > config.n_v * config.m or config.sweep == "alpha_r"
 
 
 def sweep_identity(config: LinearSweepConfig) -> dict[str, Any]:
