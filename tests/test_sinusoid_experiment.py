@@ -210,7 +210,7 @@ class BinaryTest(parameterized.TestCase):
                      "--eval_shots=5", "--eval_steps=3", "--dense_points=8",
                      "--chunk_members=3")
       self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
-      self.assertIn("Table 2 (5 shots, α = 0.01)", proc.stdout)
+      self.assertIn("Table 2 (5 shots, α_t = α_r = 0.01)", proc.stdout)
       self.assertIn("NOT Finn's training setup", proc.stdout)
       self.assertEqual(sorted(os.listdir(workdir)), [
           "alpha_t_alpha_r.png", "alpha_t_sweep.png", "learning_curve.png",
