@@ -152,22 +152,27 @@ class ExactSolutionTest(parameterized.TestCase):
     delta = ntk.exact_solution(self.design, jnp.array([0.2, -0.4])).omega
     test = nl.sample_tasks(jax.random.key(10), _problem(), 5, 3, 4)
     got = ntk.adapted_test_loss(self.lin, delta, test, jnp.array([0.3, 0.7]), chunk=2)
+    engine = jax.jit(functools.partial(maml.adapt_and_evaluate, self.lin_apply, steps=1,
+                                       loss_fn=_study.half_mse))
     for g in range(2):
       for a, rate in enumerate((0.3, 0.7)):
-        ref = maml.adapt_and_evaluate(self.lin_apply, delta[g], rate, test, steps=1,
-                                      loss_fn=_study.half_mse).query[:, 1]
+        ref = engine(delta[g], rate, test).query[:, 1]
         np.testing.assert_allclose(got[:, a, g], ref, rtol=1e-10)
 
 
 def _lazy_gap(width):
-  """Trained network vs linearized model after the same steps (tiny problem)."""
+  """Trained network vs linearized model after the same outer steps (tiny problem).
+
+  Returns the relative squared distance of their (unadapted) functions on the
+  test inputs and the largest |test loss difference| after adaptation.
+  """
   sizes = _study.Sizes(d=3, width=width, m=2, n_t=4, n_v=2, n_r=3, n_s=4,
-                       test_tasks=8, num_steps=40, momentum=0.9, antisymmetric=True,
-                       dtype="float64", grid_batch=2, eval_batch=4, ntk_chunk=4)
+                       test_tasks=4, num_steps=20, momentum=0.9, antisymmetric=True,
+                       dtype="float64", grid_batch=2, eval_batch=2, ntk_chunk=4)
   prob = _problem()
-  keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(11), r))(jnp.arange(2))
+  keys = jax.random.key(11)[None]
   alpha = jnp.array([-0.4, 0.2])
-  lr = 0.5 / _study.ntk_curvature(keys, prob, alpha, sizes)[0]
+  lr = jnp.full((1, 2), 0.1)
   paths, _ = _study.ntk_paths(keys, prob, alpha, lr, sizes)
   trained = _study.train(keys, prob, alpha, lr, sizes)
   ev = _study.evaluate_trained(keys, prob, trained.state.params, jnp.array([0.3]), sizes)
@@ -181,6 +186,16 @@ def _lazy_gap(width):
 
 class LazyLimitTest(absltest.TestCase):
 
+  def test_trained_network_approaches_ntk_as_width_grows(self):
+    # NTK parameterization: the trained network's distance to its linearization
+    # after the same outer steps shrinks like 1/√width in norm (1/width squared).
+    # 64× the width: expect ~64× in the squared function gap, ~8× in losses
+    # (measured at seed 11: 97× and 21×).
+    narrow_f, narrow_l = _lazy_gap(32)
+    wide_f, wide_l = _lazy_gap(2048)
+    self.assertLess(wide_f, narrow_f / 16)
+    self.assertLess(wide_l, narrow_l / 4)
+
   def test_trained_evaluation_matches_engine(self):
     sizes = _study.Sizes(d=3, width=8, m=2, n_t=3, n_v=2, n_r=3, n_s=4, test_tasks=5,
                          num_steps=2, momentum=0.9, antisymmetric=True,
@@ -190,24 +205,15 @@ class LazyLimitTest(absltest.TestCase):
     trained = _study.train(keys, prob, jnp.array([0.3]), jnp.full((2, 1), 0.2), sizes)
     rates = jnp.array([0.1, 0.6])
     ev = _study.evaluate_trained(keys, prob, trained.state.params, rates, sizes)
-    apply = _study.apply_fn(sizes)
+    engine = jax.jit(functools.partial(maml.adapt_and_evaluate, _study.apply_fn(sizes),
+                                       steps=1, loss_fn=_study.half_mse))
     for r in range(2):
       test = _study.make_run(keys[r], prob, sizes).test
       params = jax.tree.map(lambda a: a[0, r], trained.state.params)
       for a in range(2):
-        ref = maml.adapt_and_evaluate(apply, params, rates[a], test, steps=1,
-                                      loss_fn=_study.half_mse).query
+        ref = engine(params, rates[a], test).query
         np.testing.assert_allclose(ev.loss[0, r, a], ref[:, 1].mean(), rtol=1e-12)
       np.testing.assert_allclose(ev.loss_unadapted[0, r], ref[:, 0].mean(), rtol=1e-12)
-
-  def test_trained_network_approaches_ntk_as_width_grows(self):
-    # NTK parameterization: the distance between the trained network and its
-    # linearization after the same outer steps shrinks like 1/width.
-    narrow_f, narrow_l = _lazy_gap(32)
-    wide_f, wide_l = _lazy_gap(1024)
-    self.assertLess(wide_f, narrow_f / 8)
-    self.assertLess(wide_l, narrow_l / 4)
-    self.assertLess(wide_f, 1e-3)
 
 
 class OneTraceTest(absltest.TestCase):
@@ -291,13 +297,10 @@ class BadInputTest(parameterized.TestCase):
     self.assertEqual(experiment.preset("fig5", seeds=10).seeds, 10)
 
   @parameterized.named_parameters(
-      ("odd_width", ["--width=3"], "nonlinear_sweep: error: --width: must be an even"),
       ("nan_alpha_r", ["--alpha_r=0.5,nan"],
        "nonlinear_sweep: error: --alpha_r: must contain only finite values"),
-      ("reversed_grid", ["--grid_min=1", "--grid_max=-1"],
+      ("preset", ["--preset=fig5", "--m=4", "--grid_min=1", "--grid_max=-1"],
        "nonlinear_sweep: error: --grid_max: must be >="),
-      ("preset", ["--preset=fig5", "--m=4"],
-       "nonlinear_sweep: error: --m: contradicts --preset=fig5"),
   )
   def test_binary_one_line_error(self, args, message):
     with tempfile.TemporaryDirectory() as d:
