@@ -1,6 +1,7 @@
 """The compiled sweep: one trace, common random numbers, chunking, resume, divergence."""
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -11,7 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 
 from negmeta import io, problems
 from negmeta.linear import _sweep
@@ -178,6 +179,47 @@ class ShardingTest(absltest.TestCase):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
     self.assertIn("SHARDED-OK", proc.stdout, msg=proc.stderr[-3000:])
+
+
+class LapackOrderTest(parameterized.TestCase):
+  """jaxlib 0.10.2's batched CPU LAPACK kernels deadlock when several run at once
+  (BUILD_NOTES §4): the kernel must order all of them by data dependencies."""
+
+  @staticmethod
+  def _lapack_calls_and_deps(hlo: str):
+    entry = hlo[hlo.index("ENTRY"):]
+    deps, calls = {}, []
+    for line in entry.splitlines():
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = .*?\((.*)", line)
+      if m:
+        deps[m.group(1)] = set(re.findall(r"%([\w.\-]+)", m.group(2)))
+        if "custom-call" in line and "lapack" in line:
+          calls.append(m.group(1))
+    return calls, deps
+
+  @parameterized.parameters(dict(p=30, conditional=True), dict(p=4, conditional=False))
+  def test_lapack_calls_run_one_after_another(self, p, conditional):
+    problem = _problem(p=p)
+    grid = jnp.linspace(-1.0, 1.0, 5)
+    hlo = _sweep.simulate_chunk.lower(
+        _sweep.run_keys(0, 0, 2), problem, grid, jnp.full(5, 0.2), conditional=conditional,
+        plan=_sweep.protocol_plan(grid, 0.2), **EVAL).compile().as_text()
+    calls, deps = self._lapack_calls_and_deps(hlo)
+    self.assertGreaterEqual(len(calls), 4)     # Cholesky, 2 triangular solves, eigh
+
+    def ancestors(name):
+      seen, todo = set(), [name]
+      while todo:
+        for d in deps.get(todo.pop(), ()):
+          if d not in seen:
+            seen.add(d)
+            todo.append(d)
+      return seen
+
+    anc = {c: ancestors(c) for c in calls}
+    for i, a in enumerate(calls):
+      for b in calls[i + 1:]:
+        self.assertTrue(a in anc[b] or b in anc[a], msg=f"{a} and {b} may run concurrently")
 
 
 if __name__ == "__main__":

@@ -205,17 +205,16 @@ def hessian_spectrum(loss_fn: Callable[[Any], jax.Array], params: Any,
   Returns:
     HessianSpectrum.
   """
-  res = _lanczos_fn(loss_fn, num_iters, top_k)(params, key)
+  res = _lanczos_jit(loss_fn, params, key, num_iters=num_iters, top_k=top_k)
   return HessianSpectrum(top=res.top_k, lambda_max=res.lambda_max,
                          lambda_min=res.lambda_min,
                          residuals_top=res.residuals[::-1][:top_k])
 
 
-@functools.lru_cache(maxsize=8)
-def _lanczos_fn(loss_fn, num_iters: int, top_k: int):
-  # One compiled Lanczos per loss function (e.g. at the trained and initial point).
-  return jax.jit(functools.partial(hessian.lanczos, loss_fn, num_iters=num_iters,
-                                   top_k=top_k))
+# The loss function is a static argument: JAX's own jit cache keeps one compiled
+# Lanczos per loss function (e.g. at the trained and at the initial point).
+_lanczos_jit = jax.jit(hessian.lanczos, static_argnums=0,
+                       static_argnames=("num_iters", "top_k"))
 
 
 def eigenvalue_boundaries(alpha: ArrayLike, eigenvalues: ArrayLike, *, method: str

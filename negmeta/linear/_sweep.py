@@ -113,8 +113,21 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
 
 
 def _after(value, *dependencies):
-  """`value`, available only once `dependencies` are computed (orders XLA thunks)."""
-  return jax.lax.optimization_barrier((value, dependencies))[0]
+  """`value` (unchanged), made data-dependent on `dependencies`.
+
+  Orders XLA:CPU thunks: the consumers of the result cannot start before the
+  dependencies are computed. (`lax.optimization_barrier` does not do this: the
+  barrier is expanded away before the thunk executor builds its dependency
+  graph.) XLA keeps x + 0·s for floats (0·NaN is NaN), and s is made finite, so
+  the values are exactly those of `value`.
+  """
+  leaves = [jnp.sum(jnp.where(jnp.isfinite(x), x, 0))
+            for x in jax.tree.leaves(dependencies)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  zero = 0 * sum(leaves)
+  return jax.tree.map(
+      lambda v: v + zero.astype(v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+      value)
 
 
 def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
