@@ -202,16 +202,18 @@ class LazyLimitTest(absltest.TestCase):
                          dtype="float64", grid_batch=1, eval_batch=2, ntk_chunk=2)
     prob = _problem()
     keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(12), r))(jnp.arange(2))
-    trained = _study.train(keys, prob, jnp.array([0.3]), jnp.full((2, 1), 0.2), sizes)
+    # Any parameters [G=1, R=2] will do: the runs' initial ones, perturbed.
+    params0 = jax.vmap(lambda k: _study.make_run(k, prob, sizes).params0)(keys)
+    params = jax.tree.map(lambda a: (a + 0.1 * jnp.cos(a))[None], params0)
     rates = jnp.array([0.1, 0.6])
-    ev = _study.evaluate_trained(keys, prob, trained.state.params, rates, sizes)
+    ev = _study.evaluate_trained(keys, prob, params, rates, sizes)
     engine = jax.jit(functools.partial(maml.adapt_and_evaluate, _study.apply_fn(sizes),
                                        steps=1, loss_fn=_study.half_mse))
     for r in range(2):
       test = _study.make_run(keys[r], prob, sizes).test
-      params = jax.tree.map(lambda a: a[0, r], trained.state.params)
+      p_r = jax.tree.map(lambda a: a[0, r], params)
       for a in range(2):
-        ref = engine(params, rates[a], test).query
+        ref = engine(p_r, rates[a], test).query
         np.testing.assert_allclose(ev.loss[0, r, a], ref[:, 1].mean(), rtol=1e-12)
       np.testing.assert_allclose(ev.loss_unadapted[0, r], ref[:, 0].mean(), rtol=1e-12)
 
