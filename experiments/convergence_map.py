@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from negmeta import _checks, cli, io
+from negmeta import cli
 from negmeta.convergence import experiment
 
 # Every flag is read as a string and validated by the library, so any bad value
@@ -75,18 +75,10 @@ def config_from_flags() -> experiment.ConvergenceMapConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  with cli.config_errors("convergence_map"):
-    if not _WORKDIR.value:
-      raise _checks.ConfigError("workdir", "is required: a writable output directory")
-    config = config_from_flags()
-    workdir = io.prepare_workdir(_WORKDIR.value)
+  config, workdir = cli.start("convergence_map", argv, _WORKDIR.value, config_from_flags)
   result = experiment.run(config, log=print)
   paths = experiment.save(result, workdir)
-  print(experiment.summary_table(result))
-  for kind, path in paths.items():
-    print(f"wrote {kind}: {path}")
+  cli.report(experiment.summary_table(result), paths)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import dataclasses
 
 from absl import app, flags
 
-from negmeta import _checks, cli, io
+from negmeta import _checks, cli
 from negmeta.nonlinear import experiment
 
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
@@ -86,18 +86,10 @@ def config_from_flags() -> experiment.NonlinearSweepConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  with cli.config_errors("nonlinear_sweep"):
-    if not _WORKDIR.value:
-      raise _checks.ConfigError("workdir", "is required: a writable output directory")
-    config = config_from_flags()
-    workdir = io.prepare_workdir(_WORKDIR.value)
+  config, workdir = cli.start("nonlinear_sweep", argv, _WORKDIR.value, config_from_flags)
   result = experiment.run(config, log=print)
   paths = experiment.save(result, workdir)
-  print(experiment.summary_table(result))
-  for kind, path in paths.items():
-    print(f"wrote {kind}: {path}")
+  cli.report(experiment.summary_table(result), paths)
 
 
 if __name__ == "__main__":

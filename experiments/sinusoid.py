@@ -35,7 +35,7 @@ import shutil
 
 from absl import app, flags
 
-from negmeta import _checks, cli, io
+from negmeta import cli
 from negmeta.sinusoid import experiment
 
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
@@ -96,22 +96,14 @@ def config_from_flags() -> experiment.SinusoidConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  with cli.config_errors("sinusoid"):
-    if not _WORKDIR.value:
-      raise _checks.ConfigError("workdir", "is required: a writable output directory")
-    config = config_from_flags()
-    workdir = io.prepare_workdir(_WORKDIR.value)
+  config, workdir = cli.start("sinusoid", argv, _WORKDIR.value, config_from_flags)
   chunks = os.path.join(workdir, "chunks") if config.chunk_members else None
   result = experiment.run(config, preset_name=_PRESET.value, store_dir=chunks,
                           log=print)
   paths = experiment.save(result, workdir)
   if chunks:
     shutil.rmtree(chunks, ignore_errors=True)   # superseded by runs.npz
-  print(experiment.summary_table(result))
-  for kind, path in paths.items():
-    print(f"wrote {kind}: {path}")
+  cli.report(experiment.summary_table(result), paths)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ experiment binaries, so the binaries print them as ``--name``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 
 class ConfigError(ValueError):
@@ -83,3 +83,35 @@ def choice(name: str, value, allowed: Sequence[str]) -> str:
   if value not in allowed:
     raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
   return value
+
+
+def _comparable(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(float(v) for v in value)
+  return value
+
+
+def preset_fields(name: str, presets: Mapping[str, Mapping], overrides: Mapping,
+                  fixed: Iterable[str]) -> dict:
+  """A preset's fields with `overrides` applied, refusing to change `fixed` ones.
+
+  Args:
+    name: the preset (checked against `presets`).
+    presets: name -> field values.
+    overrides: field values given on top (e.g. from flags).
+    fixed: fields the preset fixes (its problem); an override must equal them.
+
+  Returns:
+    The merged field values.
+
+  Raises:
+    ConfigError: unknown preset, or an override contradicting a fixed field.
+  """
+  choice("preset", name, tuple(presets))
+  base, fixed = presets[name], tuple(fixed)
+  for key, value in overrides.items():
+    if key in fixed and key in base and _comparable(value) != _comparable(base[key]):
+      raise ConfigError(
+          key, f"contradicts --preset={name}, which sets {key}={base[key]!r} "
+          f"(got {value!r}); drop the flag or the preset")
+  return {**base, **overrides}

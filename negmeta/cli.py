@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from negmeta import _checks
+from negmeta import _checks, io
 
 
 @contextlib.contextmanager
@@ -60,3 +60,32 @@ def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid"
   if hi < lo:
     raise _checks.ConfigError(hi_n, f"must be >= --{lo_n}={lo:g} (got {hi:g})")
   return linear_grid(lo, hi, num)
+
+
+def start(binary: str, argv, workdir: str | None, config_from_flags):
+  """The common start of a binary: no stray arguments, a config, a workdir.
+
+  Args:
+    binary: the binary's name, for error lines.
+    argv: `main`'s argv.
+    workdir: the --workdir flag's value.
+    config_from_flags: () -> validated config; may raise ConfigError.
+
+  Returns:
+    (config, prepared workdir path). Exits with one line on a ConfigError.
+  """
+  from absl import app  # local: the library itself does not need absl.app.
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  with config_errors(binary):
+    if not workdir:
+      raise _checks.ConfigError("workdir", "is required: a writable output directory")
+    config = config_from_flags()
+    return config, io.prepare_workdir(workdir)
+
+
+def report(table: str, paths: dict[str, str]) -> None:
+  """Prints a binary's summary table and the files it wrote."""
+  print(table)
+  for kind, path in paths.items():
+    print(f"wrote {kind}: {path}")

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -111,14 +111,8 @@ def preset(name: str, **overrides) -> LinearSweepConfig:
   Raises:
     ConfigError: unknown preset, or an override contradicting the preset's problem.
   """
-  _checks.choice("preset", name, tuple(PRESETS))
-  base = PRESETS[name]
-  for key, value in overrides.items():
-    if key in PROBLEM_FIELDS and key in base and value != base[key]:
-      raise _checks.ConfigError(
-          key, f"contradicts --preset={name}, which sets {key}={base[key]!r} "
-          f"(got {value!r}); drop the flag or the preset")
-  return validate(LinearSweepConfig(**{**base, **overrides}))
+  return validate(LinearSweepConfig(**_checks.preset_fields(name, PRESETS, overrides,
+                                                 PROBLEM_FIELDS)))
 
 
 def validate(config: LinearSweepConfig) -> LinearSweepConfig:

@@ -145,14 +145,8 @@ def preset(name: str, **overrides) -> NonlinearSweepConfig:
   Raises:
     ConfigError: unknown preset, or an override contradicting the preset's problem.
   """
-  _checks.choice("preset", name, tuple(PRESETS))
-  base = PRESETS[name]
-  for key, value in overrides.items():
-    if key in PROBLEM_FIELDS and key in base and value != base[key]:
-      raise _checks.ConfigError(
-          key, f"contradicts --preset={name}, which sets {key}={base[key]!r} "
-          f"(got {value!r}); drop the flag or the preset")
-  return validate(NonlinearSweepConfig(**{**base, **overrides}))
+  return validate(NonlinearSweepConfig(**_checks.preset_fields(name, PRESETS, overrides,
+                                                 PROBLEM_FIELDS)))
 
 
 def validate(config: NonlinearSweepConfig) -> NonlinearSweepConfig:

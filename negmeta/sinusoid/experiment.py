@@ -166,22 +166,9 @@ def preset(name: str, **overrides) -> SinusoidConfig:
   Raises:
     ConfigError: unknown preset, or an override contradicting its problem.
   """
-  _checks.choice("preset", name, tuple(PRESETS))
-  base = PRESETS[name]
   fixed = PROBLEM_FIELDS + _FIXED_GRIDS.get(name, ())
-  for key, value in overrides.items():
-    if key in fixed and key in base and _normalized(value) != _normalized(
-        base[key]):
-      raise _checks.ConfigError(
-          key, f"contradicts --preset={name}, which sets {key}={base[key]!r} "
-          f"(got {value!r}); drop the flag or the preset")
-  return validate(SinusoidConfig(**{**base, **overrides}))
-
-
-def _normalized(value):
-  if isinstance(value, (list, tuple)):
-    return tuple(float(v) for v in value)
-  return value
+  return validate(SinusoidConfig(**_checks.preset_fields(name, PRESETS, overrides,
+                                                         fixed)))
 
 
 def validate(config: SinusoidConfig) -> SinusoidConfig:
