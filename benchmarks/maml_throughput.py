@@ -23,7 +23,7 @@ Usage:
   python benchmarks/maml_throughput.py                  # all sweeps
   python benchmarks/maml_throughput.py --sweep headline # meta-batch 25, 1000
   python benchmarks/maml_throughput.py --sweep tasks    # time/memory vs tasks
-  python benchmarks/maml_throughput.py --sweep inner    # vs K, remat none/step/nested
+  python benchmarks/maml_throughput.py --sweep inner    # vs K, remat none/step/nested/flat
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ HEADLINE = [dict(meta_batch=b, inner_steps=1, remat="none") for b in (25, 1000)]
 TASKS = [dict(meta_batch=b, inner_steps=1, remat="none")
          for b in (25, 100, 250, 1000, 4000)]
 # remat: "none" stores every intermediate (O(K)); "step" checkpoints each inner
-# step, storing θ_k per step (O(K), smaller); "nested" (= remat=True) is
-# recursive binary checkpointing, O(log K) stored parameter trees.
+# step, storing θ_k per step (O(K), smaller); "nested" is nested
+# checkpointing, O(log K) stored parameter trees; "flat" (= remat=True) stores
+# θ_0 only and recomputes θ_k in the backward pass: memory independent of K,
+# K(K−1)/2 extra forward steps.
 INNER = [dict(meta_batch=250, inner_steps=k, remat=r)
-         for k in (1, 2, 5, 10, 20, 50) for r in ("none", "step", "nested")]
+         for k in (1, 2, 5, 10, 20, 50)
+         for r in ("none", "step", "nested", "flat")]
 SWEEPS = {"headline": HEADLINE, "tasks": TASKS, "inner": INNER}
 
 

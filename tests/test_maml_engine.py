@@ -323,10 +323,58 @@ class MetaGradientTest(parameterized.TestCase):
     # for K = 4, 8, 16, 32 (measured: 2.00-2.01 carries per doubling up to
     # K = 64), instead of K more carries per doubling.
     temp_bytes, carry_bytes = remat_temp_bytes()
-    temps = [temp_bytes(k, True) for k in (4, 8, 16, 32)]
+    temps = [temp_bytes(k, "nested") for k in (4, 8, 16, 32)]
     per_doubling = np.diff(temps) / carry_bytes
     self.assertTrue(np.all(per_doubling <= 2.1), per_doubling)
     self.assertLess(temps[-1], 0.5 * temp_bytes(32, "step"))
+
+  def test_flat_remat_memory_does_not_grow_with_steps(self):
+    # remat=True ("flat") stores θ_0 only: the compiled temporary memory of
+    # the second-order meta-gradient at K = 2, 8 and 64 differs by at most
+    # the per-step support-loss record (K scalars per task, 8 bytes each;
+    # measured: 5.0 carries at every K, +448 bytes at K = 64), while every
+    # other mode grows by carries.
+    temp_bytes, carry_bytes = remat_temp_bytes()
+    flat = [temp_bytes(k, True) for k in (2, 8, 64)]
+    self.assertLessEqual(max(flat) - min(flat), 64 * REMAT_TASKS * 8, flat)
+    self.assertLess(flat[0], 6 * carry_bytes)
+    self.assertGreater(temp_bytes(64, "nested"), flat[0] + 5 * carry_bytes)
+
+  def test_flat_remat_matches_plain_scan(self):
+    # Values and (θ, α)-gradients of the flat mode against the plain scan,
+    # for K = 0 (no step), 1 and 7, an integer scalar rate (cast to a float
+    # inside the custom VJP), per-parameter rates, and first order.
+    params, batch, rates = make_problem(seed=8)
+
+    @jax.jit
+    def run(p, a):
+      out = {}
+      for steps in (0, 1, 7):
+        for first_order in (False, True):
+          for remat in ("none", "flat"):
+            loss = lambda p, a: maml.meta_loss(
+                tanh_apply, p, a, batch, steps=steps, first_order=first_order,
+                remat=remat)
+            out[steps, first_order, remat] = (
+                jax.value_and_grad(loss, argnums=(0, 1))(p, a),
+                jax.value_and_grad(loss)(p, 1) if steps < 7 else None)
+      return out
+
+    out = to_numpy(run(params, rates))
+    for steps in (0, 1, 7):
+      for first_order in (False, True):
+        with self.subTest(steps=steps, first_order=first_order):
+          assert_close(out[steps, first_order, "flat"],
+                       out[steps, first_order, "none"], rtol=1e-12)
+
+  def test_flat_remat_has_no_forward_mode(self):
+    # The flat mode is a custom VJP: one reverse-mode derivative only. JAX
+    # says so (instead of returning wrong numbers) when asked for forward mode.
+    params, batch, rates = make_problem(seed=8)
+    loss = lambda p: maml.meta_loss(tanh_apply, p, rates, batch, steps=2,
+                                    remat="flat")
+    with self.assertRaisesRegex(TypeError, "custom_vjp"):
+      jax.jvp(loss, (params,), (params,))
 
   def test_nested_remat_matches_plain_scan(self):
     # K = 7 runs as 4 × 2 segments with the 8th step masked; values, first
@@ -356,6 +404,9 @@ class MetaGradientTest(parameterized.TestCase):
                       batch.y_support[0], steps=2, remat="always")
 
 
+REMAT_TASKS = 8  # Meta-batch of `remat_temp_bytes`.
+
+
 @functools.cache
 def remat_temp_bytes():
   """(temp_bytes(steps, remat), carry bytes) for the 1-40-40-1 sinusoid MLP.
@@ -363,7 +414,7 @@ def remat_temp_bytes():
   Compiled XLA temporary memory of the second-order meta-gradient over 8
   tasks in float32; the carry is the per-task parameter trees, B·|θ| floats.
   """
-  meta_batch, sizes = 8, (1, 40, 40, 1)
+  meta_batch, sizes = REMAT_TASKS, (1, 40, 40, 1)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: x.astype(np.float32),
                         numpy_mlp(rng, sizes, 0.01))

@@ -179,7 +179,7 @@ class ConfigTest(parameterized.TestCase):
       ("test_tasks", dict(test_tasks=1), "test_tasks: must be an integer in"),
       ("nan_alpha", dict(alpha_t=(0.1, float("nan"))), "alpha_t: must contain only finite"),
       ("empty_alpha_r", dict(alpha_r=()), "alpha_r: must contain at least one"),
-      ("remat", dict(remat="always"), "remat: must be one of none, step, nested"),
+      ("remat", dict(remat="always"), "remat: must be one of none, step, nested, flat"),
       ("first_order", dict(first_order="yes"), "first_order: must be true or false"),
   )
   def test_invalid_fields(self, changes, message):

@@ -80,6 +80,14 @@ def broadcast_rate(alpha: Any, params: Params) -> Params:
   return rates
 
 
+def _as_inexact(a: ArrayLike) -> jax.Array:
+  """`a` as an array, integer or boolean values cast to the default float."""
+  a = jnp.asarray(a)
+  if jnp.issubdtype(a.dtype, jnp.inexact):
+    return a
+  return a.astype(jnp.result_type(float))
+
+
 def sgd_step(params: Params, rates: Params, grads: Params) -> Params:
   """θ − α ∘ g leaf by leaf, keeping each parameter's dtype.
 
@@ -95,7 +103,7 @@ def sgd_step(params: Params, rates: Params, grads: Params) -> Params:
                       params, rates, grads)
 
 
-REMAT_MODES = ("none", "step", "nested")
+REMAT_MODES = ("none", "step", "nested", "flat")
 
 
 def remat_mode(remat: bool | str) -> str:
@@ -103,23 +111,25 @@ def remat_mode(remat: bool | str) -> str:
 
   Args:
     remat: False or "none" (store every intermediate), "step" (checkpoint each
-      inner step: the backward pass stores θ_k per step, memory O(K)), True or
-      "nested" (nested checkpointing: O(log K) stored parameter trees).
+      inner step: the backward pass stores θ_k per step, memory O(K)),
+      "nested" (nested checkpointing: O(log K) stored parameter trees), True
+      or "flat" (store θ_0 only and recompute θ_k from it in the backward
+      pass: memory independent of K, O(K²) forward steps).
 
   Returns:
-    "none", "step" or "nested".
+    "none", "step", "nested" or "flat".
 
   Raises:
     ValueError: for any other value.
   """
   if remat is False or remat is None or remat == "none":
     return "none"
-  if remat is True or remat == "nested":
-    return "nested"
-  if remat == "step":
-    return "step"
-  raise ValueError(f"remat: must be False, True, 'none', 'step' or 'nested' "
-                   f"(got {remat!r})")
+  if remat is True or remat == "flat":
+    return "flat"
+  if remat in ("step", "nested"):
+    return remat
+  raise ValueError(f"remat: must be False, True, 'none', 'step', 'nested' or "
+                   f"'flat' (got {remat!r})")
 
 
 def level_sizes(length: int, max_levels: int = 8) -> tuple[int, ...]:
@@ -213,6 +223,67 @@ def nested_checkpoint_scan(body: Callable[[Any, None], tuple[Any, Any]],
   return carry, jax.tree.map(lambda o: o[:length], outs)
 
 
+def flat_checkpoint_scan(body: Callable[[Any, Any], tuple[Any, Any]],
+                         carry: Any, consts: Any, length: int
+                         ) -> tuple[Any, Any]:
+  """``lax.scan(lambda c, _: body(c, consts), carry, None, length)`` with flat memory.
+
+  A `jax.custom_vjp` whose forward pass keeps only the initial carry (and
+  `consts`). The backward pass runs k = K−1, …, 0 and, at each k, recomputes
+  the carry c_k from c_0 by k forward steps (no residuals kept), then pulls
+  the cotangent back through step k. Memory is that of one step plus three
+  carries whatever K is; the cost is K(K−1)/2 extra forward steps, so
+  prefer "nested" (`nested_checkpoint_scan`) unless memory is the limit.
+  Values and first derivatives are those of the plain scan. Only reverse
+  mode, once: forward mode (jvp, Hessian-vector products) and derivatives of
+  second order are not defined for this function; use "nested" for those.
+
+  Args:
+    body: ``body(carry, consts) -> (carry, out)``.
+    carry: initial carry (floating-point leaves).
+    consts: inputs used by every step and differentiated through, e.g. the
+      rates and the support data (floating-point leaves). The function must
+      not be differentiated with respect to values `body` closes over.
+    length: number of steps K >= 0 (static).
+
+  Returns:
+    (final carry, outputs stacked along a leading [K] axis).
+  """
+  def forward(c, cs):
+    return jax.lax.scan(lambda c_, _: body(c_, cs), c, None, length=length)
+
+  @jax.custom_vjp
+  def run(c, cs):
+    return forward(c, cs)
+
+  def run_fwd(c, cs):
+    return forward(c, cs), (c, cs)
+
+  def run_bwd(residuals, cotangents):
+    c0, cs = residuals
+    ct_final, ct_outs = cotangents
+
+    def advance(_, c):
+      return body(c, cs)[0]
+
+    def back(acc, k_and_ct_out):
+      ct_c, ct_cs = acc
+      k, ct_out = k_and_ct_out
+      c_k = jax.lax.fori_loop(0, k, advance, c0)     # recompute c_k from c_0
+      _, pull = jax.vjp(body, c_k, cs)
+      d_c, d_cs = pull((ct_c, ct_out))
+      return (d_c, jax.tree.map(jnp.add, ct_cs, d_cs)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, cs)
+    (ct_c0, ct_cs), _ = jax.lax.scan(back, (ct_final, zeros),
+                                     (jnp.arange(length), ct_outs),
+                                     reverse=True)     # k = K−1, …, 0
+    return ct_c0, ct_cs
+
+  run.defvjp(run_fwd, run_bwd)
+  return run(carry, consts)
+
+
 def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
                y: jax.Array, *, steps: int, loss_fn: LossFn, first_order: bool,
                remat: bool | str, observe: Callable[[Params], Any] | None = None
@@ -230,8 +301,9 @@ def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
     first_order: stop gradients through the inner gradients (FOMAML).
     remat: rematerialization (see `remat_mode`): False/"none"; "step"
       checkpoints the scan body, so the backward pass stores only the carry
-      (the parameters) per step, O(K); True/"nested" nests checkpointed
-      scans (`nested_checkpoint_scan`), O(log K) stored parameter trees.
+      (the parameters) per step, O(K); "nested" nests checkpointed scans
+      (`nested_checkpoint_scan`), O(log K) stored parameter trees; True/"flat"
+      stores θ_0 only (`flat_checkpoint_scan`), memory independent of K.
     observe: optional ``observe(params_k) -> pytree`` evaluated before each step.
 
   Returns:
@@ -240,16 +312,24 @@ def scan_inner(apply_fn: ApplyFn, params: Params, rates: Params, x: jax.Array,
   """
   mode = remat_mode(remat)
 
-  def support_loss(p):
-    return loss_fn(apply_fn(p, x), y)
-
-  def body(p, _):
+  def step(p, consts):
+    rates_, x_, y_ = consts
     extra = None if observe is None else observe(p)
-    loss, grads = jax.value_and_grad(support_loss)(p)
+    loss, grads = jax.value_and_grad(
+        lambda q: loss_fn(apply_fn(q, x_), y_))(p)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
-    return sgd_step(p, rates, grads), (loss, extra)
+    return sgd_step(p, rates_, grads), (loss, extra)
 
+  consts = (rates, x, y)
+  if mode == "flat":
+    # custom_vjp arguments must be arrays with real cotangents: integer or
+    # Python-scalar rates become floating-point arrays (same values).
+    consts = jax.tree.map(_as_inexact, consts)
+    adapted, (losses, extras) = flat_checkpoint_scan(step, params, consts,
+                                                     steps)
+    return adapted, losses, extras
+  body = lambda p, _: step(p, consts)
   if mode == "nested":
     adapted, (losses, extras) = nested_checkpoint_scan(body, params, steps)
     return adapted, losses, extras
@@ -283,9 +363,12 @@ def inner_loop(apply_fn: ApplyFn, params: Params, alpha: Any, x: ArrayLike,
     remat: rematerialization of the inner loop in the backward pass; values
       and gradients are unchanged. False/"none": store every intermediate of
       the second-order computation (memory O(K)); "step": checkpoint each
-      step, storing only θ_k per step (O(K), smaller); True/"nested":
-      nested checkpointing, O(log K) stored parameter trees (≈ e·ln K) for
-      d ≈ log₃K replays of the forward steps (`nested_checkpoint_scan`).
+      step, storing only θ_k per step (O(K), smaller); "nested": nested
+      checkpointing, O(log K) stored parameter trees (≈ e·ln K) for
+      d ≈ log₃K replays of the forward steps (`nested_checkpoint_scan`),
+      derivatives of any order; True/"flat": store θ_0 only, memory
+      independent of K, for K(K−1)/2 extra forward steps; one reverse-mode
+      derivative only (`flat_checkpoint_scan`).
 
   Returns:
     The adapted parameters θ_K, same structure and dtypes as `params`.

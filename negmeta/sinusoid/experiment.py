@@ -45,7 +45,7 @@ from negmeta import _checks, cli, io, stats
 from negmeta.sinusoid import _kernel
 
 DTYPES = ("float32", "float64")
-REMAT = ("none", "step", "nested")
+REMAT = ("none", "step", "nested", "flat")
 ESTIMATORS = ("protocol", "dense")
 
 # Finn et al. 2017, Table 2 (Appendix C): MAML's 5-shot MSE after 1/5/10 steps
@@ -87,7 +87,7 @@ class SinusoidConfig:
       (0 disables it).
     chunk_members: grid members per compiled call, each saved as a resumable
       chunk (0: all members in one call).
-    remat: inner-loop rematerialization ("none", "step", "nested").
+    remat: inner-loop rematerialization ("none", "step", "nested", "flat").
     dtype: float type of meta-training and evaluation.
   """
   alpha_t: tuple[float, ...] = (-0.01, 0.0, 0.01, 0.02)
