@@ -235,6 +235,9 @@ class ReducedProtocolTest(parameterized.TestCase):
     # Given the adaptation data, both estimators average ½(x_sᵀd + z_s)² over
     # fresh test points: equal means (½(σ² + mean_t ‖d_t‖²), exactly) and equal
     # spreads. 3000 draws each; means within 4 s.e., spreads within 4 s.e. of 1.
+    # With 20 points, α_r fixed (J + 1 = 14 ≤ 20) takes the Bartlett-Wishart
+    # branch of `_prng.wishart_factor` and α_r varying (J + 1 = 27) the
+    # point-by-point branch.
     problem, omega, alpha_r, plan, span, adapt = self._setup(vary_r, kw)
     p, n, points = problem.p, 3000, 20
     reduced = jax.vmap(lambda k: _maml.protocol_test_loss_reduced(
