@@ -108,15 +108,49 @@ def wishart_factor(key: jax.Array, dim: int, df: int,
   Returns:
     [*batch_shape, dim, min(dim, df)].
   """
-  if df < dim:
-    return normals(key, [batch_shape + (dim, df)], dtype)[0]
+  return wishart_factors(key, [(dim, df)], batch_shape, dtype)[0]
+
+
+def wishart_factors(key: jax.Array, specs: Sequence[tuple[int, int]],
+                    batch_shape: tuple[int, ...] = (), dtype=jnp.float64
+                    ) -> list[jax.Array]:
+  """Independent `wishart_factor`s, one per (dim, df) in `specs`, from two draws.
+
+  All their normals come from one flat draw and all their χ² from one
+  `chi_square` call, so several factors cost one threefry graph and one
+  rejection loop to compile (see the module docstring).
+
+  Args:
+    key: PRNG key.
+    specs: static (dim, df) pairs.
+    batch_shape: leading batch shape (static).
+    dtype: float dtype.
+
+  Returns:
+    One [*batch_shape, dim, min(dim, df)] array per spec.
+  """
   k_off, k_diag = jax.random.split(key)
-  off, = normals(k_off, [batch_shape + (dim * (dim - 1) // 2,)], dtype)
-  diag = jnp.sqrt(chi_square(k_diag, df - jnp.arange(dim), batch_shape + (dim,),
-                             dtype))
-  # Place the normals below the diagonal by a gather (a scatter is slow on CPU).
-  index = np.zeros((dim, dim), np.int32)
-  index[np.tril_indices(dim, -1)] = np.arange(dim * (dim - 1) // 2)
-  below = np.tril(np.ones((dim, dim), bool), -1)
-  factor = jnp.where(below, off[..., index], 0)
-  return factor + diag[..., None] * jnp.eye(dim, dtype=dtype)
+  sizes = [dim * df if df < dim else dim * (dim - 1) // 2 for dim, df in specs]
+  flat, = normals(k_off, [batch_shape + (sum(sizes),)], dtype)
+  dfs = np.concatenate([np.zeros(0)] + [df - np.arange(dim) for dim, df in specs
+                                        if df >= dim])
+  if dfs.size:
+    diag_all = jnp.sqrt(chi_square(k_diag, jnp.asarray(dfs, dtype),
+                                   batch_shape + (dfs.size,), dtype))
+  out, start, diag_start = [], 0, 0
+  for (dim, df), size in zip(specs, sizes):
+    draws = flat[..., start:start + size]
+    start += size
+    if df < dim:
+      out.append(draws.reshape(batch_shape + (dim, df)))
+      continue
+    diag = diag_all[..., diag_start:diag_start + dim]
+    diag_start += dim
+    # Place the normals below the diagonal by a gather (a scatter is slow on CPU).
+    index = np.zeros((dim, dim), np.int32)
+    index[np.tril_indices(dim, -1)] = np.arange(dim * (dim - 1) // 2)
+    below = np.tril(np.ones((dim, dim), bool), -1)
+    factor = jnp.where(below, draws[..., index], 0) if dim > 1 else jnp.zeros(
+        batch_shape + (1, 1), dtype)
+    out.append(factor + diag[..., None] * jnp.eye(dim, dtype=dtype))
+  return out

@@ -230,37 +230,98 @@ class ReducedProtocolTest(parameterized.TestCase):
     b = _sampler.sample_meta_test(jax.random.key(5), problem, 4, 30)
     chex.assert_trees_all_equal((a.w, a.x_a, a.y_a), (b.w, b.x_a, b.y_a))
 
-  @parameterized.product(vary_r=(False, True), kw=(OVER, WIDE))
-  def test_same_law_as_the_direct_protocol(self, vary_r, kw):
-    # Given the adaptation data, both estimators average ½(x_sᵀd + z_s)² over
-    # fresh test points: equal means (½(σ² + mean_t ‖d_t‖²), exactly) and equal
-    # spreads. 3000 draws each; means within 4 s.e., spreads within 4 s.e. of 1.
-    # With 20 points, α_r fixed (J + 1 = 14 ≤ 20) takes the Bartlett-Wishart
-    # branch of `_prng.wishart_factor` and α_r varying (J + 1 = 27) the
-    # point-by-point branch.
-    problem, omega, alpha_r, plan, span, adapt = self._setup(vary_r, kw)
-    p, n, points = problem.p, 3000, 20
+  @staticmethod
+  def _explicit_statistics(v, x_r, z, sigma):
+    """L, F₁, F₂ of `adaptation_coordinates` computed from explicit data."""
+    p, s = v.shape
+    n_r = x_r.shape[0]
+    chol = jnp.linalg.cholesky(v.T @ v)
+    v_o = v @ jnp.linalg.inv(chol).T                                      # V = V_o Lᵀ
+    full, _ = jnp.linalg.qr(jnp.concatenate([v_o, jnp.eye(p)], 1))
+    w_perp = full[:, s:p]
+    b = jnp.concatenate([x_r @ v_o, z[:, None] / sigma], 1)               # [n_r, s+1]
+    if n_r >= s + 1:
+      f1 = jnp.linalg.cholesky(b.T @ b)
+      o = b @ jnp.linalg.inv(f1).T
+    else:
+      f1, o = b.T, jnp.eye(n_r)
+    c = o.T @ (x_r @ w_perp)                                              # OᵀU
+    f2 = jnp.linalg.cholesky(c @ c.T) if p - s >= c.shape[0] else c
+    return chol, f1, f2
+
+  @parameterized.parameters((40, 20), (40, 5), (16, 20), (16, 5))
+  def test_adaptation_coordinates_match_explicit_data(self, p, n_r):
+    # Built from the explicit data's own statistics, the coordinates of V, H_rV
+    # and X_rᵀz/n_r have the same Gram matrix as the p-vectors: exactly, for
+    # each branch (n_r ≥ or < s+1 = 14, p − s ≥ or < r₁).
+    rng = np.random.default_rng(p + n_r)
+    s, sigma = 13, 0.7
+    v = jnp.asarray(rng.standard_normal((p, s)))
+    x_r = jnp.asarray(rng.standard_normal((n_r, p)))
+    z = sigma * jnp.asarray(rng.standard_normal(n_r))
+    coords = _maml.adaptation_coordinates(
+        *self._explicit_statistics(v, x_r, z, sigma), sigma, n_r)
+    h = x_r.T @ x_r / n_r
+    explicit = jnp.concatenate([v, h @ v, (x_r.T @ z / n_r)[:, None]], 1)
+    built = jnp.concatenate([coords[0], coords[1], coords[2][:, None]], 1)
+    self.assertEqual(built.shape[0], s + min(min(s + 1, n_r), p - s))
+    np.testing.assert_allclose(built.T @ built, explicit.T @ explicit,
+                               rtol=1e-10, atol=1e-10)
+
+  @parameterized.parameters(False, True)
+  def test_append_cholesky_matches_psd_cholesky(self, singular):
+    q = jax.random.normal(jax.random.key(40), (9, 4))
+    if singular:
+      q = q.at[:, 2].set(0.0)                             # QᵀQ has an exact zero pivot
+    a = jax.random.normal(jax.random.key(41), (5, 9))
+    appended = _maml.append_cholesky(_maml.psd_cholesky(q.T @ q), a @ q,
+                                     jnp.sum(a**2, -1))
+    v = jnp.concatenate([jnp.broadcast_to(q, (5, 9, 4)), a[..., None]], -1)
+    gram = jnp.swapaxes(v, 1, 2) @ v
+    np.testing.assert_allclose(appended, _maml.psd_cholesky(gram), atol=1e-12)
+    np.testing.assert_allclose(appended @ jnp.swapaxes(appended, 1, 2), gram,
+                               atol=1e-12)
+
+  @parameterized.parameters(
+      dict(vary_t=True, vary_r=False, kw=WIDE),
+      dict(vary_t=True, vary_r=True, kw=WIDE),
+      dict(vary_t=True, vary_r=False, kw=dict(WIDE, n_r=20)),
+      dict(vary_t=True, vary_r=True, kw=dict(WIDE, p=16, n_r=20)),
+      dict(vary_t=False, vary_r=True, kw=OVER))
+  def test_same_law_as_the_direct_protocol(self, vary_t, vary_r, kw):
+    # For one run's ω*_g, both estimators average ½(y − θᵀx)² over freshly
+    # drawn tasks, adaptation data and test points: both means equal the
+    # exact expectation (`exact_test_loss`, within 4 s.e.), and their spreads
+    # and the correlation between two grid values agree (within 4 s.e.).
+    # 3000 draws of 9 tasks × 20 points each. The cases take every branch of
+    # the sufficient statistics: n_r < or ≥ s+1, p − s < or ≥ r₁, J ≤ or > d,
+    # Bartlett (J+1 ≤ 20) or point-by-point test draws, α_t fixed (s = 1).
+    problem, omega, alpha_r, _, span, _ = self._setup(vary_r, kw)
+    plan = _maml.ProtocolPlan(vary_t=vary_t, vary_r=vary_r)
+    if not vary_t:
+      omega = jnp.broadcast_to(omega[2], omega.shape)
+      solution = _maml.MetaSolution(omega=omega, rcond=jnp.ones(6),
+                                    dual=jnp.zeros((6, 0)))
+      span = _maml.omega_span(None, solution, problem.omega0, jnp.full(6, 0.3), plan)
+    self.assertTrue(plan.reduces(problem.p, problem.num_validation))
+    n, tasks, points = 3000, 9, 20
     reduced = jax.vmap(lambda k: _maml.protocol_test_loss_reduced(
-        k, *span, adapt, alpha_r, problem.sigma, points, plan))(
+        k, *span, problem, alpha_r, tasks, points, plan))(
             jax.random.split(jax.random.key(30), n))
-
-    def direct(k):
-      k_x, k_z = jax.random.split(k)
-      x_b = jax.random.normal(k_x, (adapt.w.shape[0], points, p))
-      z = jax.random.normal(k_z, (adapt.w.shape[0], points))
-      y_b = jnp.einsum("tnp,tp->tn", x_b, adapt.w) + problem.sigma * z
-      return _maml.protocol_test_loss(omega, adapt._replace(x_b=x_b, y_b=y_b), alpha_r)
-
-    direct_draws = jax.vmap(direct)(jax.random.split(jax.random.key(31), n))
-    d = self._errors(omega, adapt, alpha_r)
-    expected = 0.5 * (problem.sigma**2 + jnp.mean(jnp.sum(d**2, -1), axis=0))
-    for draws in (reduced, direct_draws):
+    direct = jax.vmap(lambda k: _maml.protocol_test_loss(
+        omega, _sampler.sample_meta_test(k, problem, tasks, points), alpha_r))(
+            jax.random.split(jax.random.key(31), n))
+    expected = _maml.exact_test_loss(omega, problem, alpha_r)
+    for draws in (reduced, direct):
       se = draws.std(0) / np.sqrt(n)
       np.testing.assert_array_less(jnp.abs(draws.mean(0) - expected), 4 * se)
-    ratio = reduced.std(0) / direct_draws.std(0)
+    ratio = reduced.std(0) / direct.std(0)
     # s.e. of the ratio of two independent sample s.d.'s ≈ √(2(κ−1)/(4n)); the
     # estimators are averages of many squares, near normal (κ ≈ 3); allow κ ≤ 4.
     np.testing.assert_array_less(jnp.abs(ratio - 1.0), 4 * np.sqrt(2 * 3 / (4 * n)))
+    corr = [np.corrcoef(d[:, 0], d[:, -1])[0, 1] for d in (reduced, direct)]
+    self.assertLess(abs(corr[0] - corr[1]),
+                    4 * np.sqrt(2) * (1 - min(corr) ** 2) / np.sqrt(n) + 1e-12)
 
 
 if __name__ == "__main__":

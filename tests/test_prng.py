@@ -57,6 +57,21 @@ class WishartFactorTest(parameterized.TestCase):
     var_se = np.sqrt(((w - w.mean(0)) ** 4).mean(0) - sample_var**2) / np.sqrt(n)
     np.testing.assert_array_less(np.abs(sample_var - var), 4.5 * var_se)
 
+  def test_several_factors_from_one_call_are_independent_wisharts(self):
+    # Mixed branches in one call: each factor has its Wishart mean, and the
+    # traces of different factors are uncorrelated (|corr| within 4.5 s.e.).
+    n, specs = 50_000, [(4, 9), (3, 2), (1, 5), (4, 4)]
+    fs = jax.jit(lambda k: _prng.wishart_factors(k, specs, (n,)))(jax.random.key(7))
+    traces = []
+    for (dim, df), f in zip(specs, fs):
+      self.assertEqual(f.shape, (n, dim, min(dim, df)))
+      w = np.asarray(f @ jnp.swapaxes(f, -1, -2))
+      np.testing.assert_array_less(np.abs(w.mean(0) - df * np.eye(dim)),
+                                   4.5 * np.sqrt(df * (1 + np.eye(dim)) / n))
+      traces.append(np.trace(w, axis1=1, axis2=2))
+    corr = np.corrcoef(np.stack(traces))
+    np.testing.assert_array_less(np.abs(corr - np.eye(len(specs))), 4.5 / np.sqrt(n))
+
 
 if __name__ == "__main__":
   absltest.main()

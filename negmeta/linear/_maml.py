@@ -303,7 +303,7 @@ def psd_cholesky(k: jax.Array) -> jax.Array:
     col = jnp.where(ok & (rows >= j), v / jnp.sqrt(jnp.where(ok, pivot, 1)), 0)
     return chol.at[..., :, j].set(col)
 
-  return jax.lax.fori_loop(0, size, column, jnp.zeros_like(k))
+  return jax.lax.fori_loop(0, size, column, jnp.zeros_like(k)) if size else k
 
 
 class ProtocolPlan(NamedTuple):
@@ -324,9 +324,18 @@ class ProtocolPlan(NamedTuple):
     k = min(2 * num_validation, p) if self.vary_t else 0
     return 2 + 2 * k if self.vary_r else 1 + k
 
+  def span_dim(self, num_validation: int) -> int:
+    """s, the number of p-vectors V = [Q, w_t − ω_ref] the errors are built from."""
+    return 1 + (2 * num_validation if self.vary_t else 0)
+
   def reduces(self, p: int, num_validation: int) -> bool:
-    """Whether the reduced protocol draws fewer test normals than the direct one."""
-    return self.num_generators(p, num_validation) < p
+    """Whether the reduced protocol applies: V spans fewer than p dimensions.
+
+    Then the adaptation data enter only through (s+1)-sized statistics and the
+    test points only through the span of the generators
+    (`protocol_test_loss_reduced`).
+    """
+    return self.span_dim(num_validation) < p
 
 
 def omega_span(design: MetaDesign, solution: MetaSolution, omega0: jax.Array,
@@ -358,6 +367,34 @@ def omega_span(design: MetaDesign, solution: MetaSolution, omega0: jax.Array,
   return omega0, basis, coords
 
 
+def _assemble_generators(w_rel: jax.Array, grad_ref: jax.Array, q: jax.Array,
+                         hq: jax.Array, coords: jax.Array, alpha_r: jax.Array,
+                         plan: ProtocolPlan) -> tuple[jax.Array, jax.Array]:
+  """G_t and its coefficients from w_t − ω_ref, H_rω_ref − b_r, Q and H_rQ.
+
+  The four pieces may be given in any orthonormal coordinates of dimension d
+  (p-space itself, or the frame of `adaptation_coordinates`).
+
+  Args:
+    w_rel: [T, d]. grad_ref: [T, d]. q: [T, d, k]. hq: [T, d, k].
+    coords: [G, k]. alpha_r: [G].
+    plan: the grid's ProtocolPlan.
+
+  Returns:
+    (G [T, d, J], coefficients [J, G]).
+  """
+  c = coords
+  if plan.vary_r:
+    gens = jnp.concatenate([w_rel[..., None], grad_ref[..., None], -q, hq], axis=-1)
+    coef = jnp.concatenate([jnp.ones_like(alpha_r)[None], alpha_r[None], c.T,
+                            alpha_r[None] * c.T])
+  else:
+    a = alpha_r[0]
+    gens = jnp.concatenate([(w_rel + a * grad_ref)[..., None], a * hq - q], axis=-1)
+    coef = jnp.concatenate([jnp.ones_like(alpha_r)[None], c.T])
+  return gens, coef
+
+
 def protocol_generators(omega_ref: jax.Array, basis: jax.Array, coords: jax.Array,
                         adapt: TaskBatch, alpha_r: jax.Array, plan: ProtocolPlan
                         ) -> tuple[jax.Array, jax.Array]:
@@ -370,6 +407,9 @@ def protocol_generators(omega_ref: jax.Array, basis: jax.Array, coords: jax.Arra
   [1, α_{r,g}, c_g, α_{r,g} c_g]; with α_r fixed the first two and the last two
   generators merge: G_t = [w_t − ω_ref + α_r(H_r ω_ref − b_r), −(I − α_r H_r)Q].
 
+  This is the reference form, from explicit adaptation data; the sweep uses the
+  same generators in the coordinates of `adaptation_coordinates`.
+
   Args:
     omega_ref, basis, coords: from `omega_span`, [p], [p, k] and [G, k].
     adapt: T new tasks; w [T, p], x_a [T, n_r, p], y_a [T, n_r].
@@ -380,65 +420,162 @@ def protocol_generators(omega_ref: jax.Array, basis: jax.Array, coords: jax.Arra
     (G [T, p, J], coefficients [J, G]), J = plan.num_generators(...).
   """
   n_r = adapt.x_a.shape[1]
-  c = coords                                                               # [G, k]
   grad_ref = jnp.einsum("tnp,tn->tp", adapt.x_a,
                         adapt.x_a @ omega_ref - adapt.y_a) / n_r          # H_rω_ref − b_r
   hq = jnp.einsum("tnp,tnk->tpk", adapt.x_a, adapt.x_a @ basis) / n_r      # H_r Q
   w_rel = adapt.w - omega_ref
-  num_tasks, p = w_rel.shape
-  q = jnp.broadcast_to(basis, (num_tasks,) + basis.shape)
-  if plan.vary_r:
-    gens = jnp.concatenate([w_rel[..., None], grad_ref[..., None], -q, hq], axis=-1)
-    coef = jnp.concatenate([jnp.ones_like(alpha_r)[None], alpha_r[None], c.T,
-                            alpha_r[None] * c.T])
+  q = jnp.broadcast_to(basis, (w_rel.shape[0],) + basis.shape)
+  return _assemble_generators(w_rel, grad_ref, q, hq, coords, alpha_r, plan)
+
+
+def append_cholesky(chol_q: jax.Array, qa: jax.Array, aa: jax.Array) -> jax.Array:
+  """`psd_cholesky` of [[QᵀQ, Qᵀa], [aᵀQ, aᵀa]] from that of QᵀQ, for many a.
+
+  One forward substitution per a (pure jnp, see `psd_cholesky`); a zero pivot
+  of QᵀQ gives a zero entry, as `psd_cholesky` of the whole matrix would.
+
+  Args:
+    chol_q: L_Q with L_Q L_Qᵀ = QᵀQ, [k, k].
+    qa: Qᵀa, [..., k].
+    aa: aᵀa, [...].
+
+  Returns:
+    [..., k+1, k+1].
+  """
+  k = chol_q.shape[-1]
+  pivots = jnp.diagonal(chol_q)
+
+  def entry(i, row):
+    # row[j] = 0 for j ≥ i and chol_q[i, j] = 0 for j > i.
+    value = (qa[..., i] - row @ chol_q[i]) / jnp.where(pivots[i] > 0, pivots[i], 1)
+    return row.at[..., i].set(jnp.where(pivots[i] > 0, value, 0))
+
+  row = jax.lax.fori_loop(0, k, entry, jnp.zeros_like(qa)) if k else qa
+  corner = jnp.sqrt(jnp.maximum(aa - jnp.sum(row**2, axis=-1), 0))
+  top = jnp.broadcast_to(jnp.pad(chol_q, ((0, 0), (0, 1))), qa.shape[:-1] + (k, k + 1))
+  bottom = jnp.concatenate([row, corner[..., None]], axis=-1)[..., None, :]
+  return jnp.concatenate([top, bottom], axis=-2)
+
+
+def adaptation_coordinates(chol: jax.Array, f1: jax.Array, f2: jax.Array,
+                           sigma: ArrayLike, n_r: int
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """V, H_rV and X_rᵀz/n_r in an orthonormal frame, from the data's statistics.
+
+  Let V be p × s with VᵀV = L Lᵀ, V_o = V L⁻ᵀ orthonormal, W_⊥ an orthonormal
+  basis of its complement, and split the adaptation data of a task as
+  B = [X_r V_o, z/σ] (n_r × (s+1)) and U = X_r W_⊥ (n_r × (p−s)): all entries
+  i.i.d. N(0, 1). With B = O F₁ᵀ (O orthonormal, F₁F₁ᵀ = BᵀB) and
+  UᵀO = O₂F₂ᵀ (O₂ orthonormal, F₂F₂ᵀ = OᵀUUᵀO),
+    X_rᵀB = V_o (BᵀB)_{[:s]} + W_⊥O₂ (F₁F₂)ᵀ,
+  so in the orthonormal frame [V_o, W_⊥O₂] (dimension d = s + r₂)
+    V = [Lᵀ; 0],  H_rV = X_rᵀB_{[:, :s]}Lᵀ/n_r,  X_rᵀz/n_r = σX_rᵀB_{[:, s]}/n_r.
+  Given B, UᵀO is a matrix of i.i.d. N(0, 1) whatever B is, so F₁ and F₂ are
+  independent: F₁ ~ Bartlett Wishart_{s+1}(n_r), F₂ ~ Wishart_{r₁}(p − s),
+  r₁ = min(s+1, n_r) (`_prng.wishart_factor`). Test points are rotation
+  invariant, so errors computed in this frame have the protocol's exact law.
+
+  Args:
+    chol: L, [..., s, s].
+    f1: F₁, [..., s+1, r₁].
+    f2: F₂, [..., r₁, r₂].
+    sigma: label noise σ.
+    n_r: adaptation points.
+
+  Returns:
+    (V [..., d, s], H_rV [..., d, s], X_rᵀz/n_r [..., d]), d = s + r₂.
+  """
+  s = chol.shape[-1]
+  gram = f1 @ jnp.swapaxes(f1, -1, -2)                                    # BᵀB
+  xb = jnp.concatenate([gram[..., :s, :], jnp.swapaxes(f1 @ f2, -1, -2)], -2)
+  lt = jnp.swapaxes(chol, -1, -2)
+  v = jnp.concatenate([lt, jnp.zeros(lt.shape[:-2] + (f2.shape[-1], s), lt.dtype)], -2)
+  return v, xb[..., :s] @ lt / n_r, sigma * xb[..., s] / n_r
+
+
+def _loss_from_generators(factor: jax.Array, gens: jax.Array, coef: jax.Array,
+                          sigma: ArrayLike, test_points: int) -> jax.Array:
+  """Mean protocol loss per grid value of errors x_sᵀG_t c_g + z_s, x_s ~ N(0, I_d).
+
+  With K_t = G_tᵀG_t = L_t L_tᵀ (J ≤ d; otherwise L_t = G_t itself), the errors
+  are v_sᵀa_g with v_s ~ N(0, I) and a_g = [L_tᵀc_g; σ], so the task's loss is
+  ½ a_gᵀ S a_g / n_s with S = F Fᵀ ~ Wishart(n_s, I).
+
+  Args:
+    factor: F, a `_prng.wishart_factor` of size min(J, d) + 1 and n_s degrees
+      of freedom, [T, min(J, d) + 1, min(J, d) + 1 or n_s].
+    gens: G_t, [T, d, J].
+    coef: [J, G].
+    sigma: label noise σ.
+    test_points: n_s.
+
+  Returns:
+    [G].
+  """
+  num_tasks, d, j = gens.shape
+  if j <= d:
+    chol = psd_cholesky(jnp.matmul(jnp.swapaxes(gens, -1, -2), gens))     # [T, J, J]
+    scaled = jnp.matmul(jnp.swapaxes(chol, -1, -2), coef)                 # [T, J, G]
   else:
-    a = alpha_r[0]
-    gens = jnp.concatenate([(w_rel + a * grad_ref)[..., None], a * hq - q], axis=-1)
-    coef = jnp.concatenate([jnp.ones_like(alpha_r)[None], c.T])
-  return gens, coef
+    scaled = jnp.matmul(gens, coef)                                       # [T, d, G]
+  noise_row = jnp.broadcast_to(jnp.asarray(sigma, gens.dtype),
+                               (num_tasks, 1, coef.shape[-1]))
+  a = jnp.concatenate([scaled, noise_row], axis=1)
+  proj = jnp.matmul(jnp.swapaxes(factor, -1, -2), a)                      # Fᵀ a_g
+  return 0.5 * jnp.mean(jnp.sum(proj**2, axis=1), axis=0) / test_points
 
 
 def protocol_test_loss_reduced(key: jax.Array, omega_ref: jax.Array,
                                basis: jax.Array, coords: jax.Array,
-                               adapt: TaskBatch, alpha_r: jax.Array, sigma: ArrayLike,
+                               problem: problems.MixedLinearRegression,
+                               alpha_r: jax.Array, test_tasks: int,
                                test_points: int, plan: ProtocolPlan) -> jax.Array:
-  """The paper's protocol, drawing only the test data's sufficient statistics.
+  """The paper's protocol on `test_tasks` new tasks, drawing sufficient statistics.
 
-  The protocol's error at test point x_s of task t is x_sᵀd_{t,g} + z_s with
-  d_{t,g} = G_t c_g (`protocol_generators`). For x_s ~ N(0, I_p) independent of
-  G_t, the row x_sᵀG_t ~ N(0, K_t) with K_t = G_tᵀG_t = L_t L_tᵀ, so with
-  v_s = [ζ_s; ε_s] ~ N(0, I_{J+1}) the errors are v_sᵀa_g, a_g = [L_tᵀc_g; σ],
-  with exactly the protocol's joint distribution over tasks, points and grid
-  values (common random numbers kept). The task's loss at every grid value is
-  then ½ a_gᵀ S a_g / n_s with S = Σ_s v_s v_sᵀ ~ Wishart_{J+1}(n_s, I), which is
-  drawn directly by its Bartlett factor (`_prng.wishart_factor`: J(J+1)/2
-  normals and J+1 χ² draws per task instead of n_s(J+1) normals; when
-  n_s < J+1 the n_s points v_s are drawn). Same estimator, same distribution as
-  `protocol_test_loss`; far fewer random draws and flops.
+  Exactly the law of `protocol_test_loss` on freshly sampled tasks (jointly over
+  tasks and grid values, common random numbers kept), with far fewer draws:
+  1. w_t ~ N(w_0, ν²/p I) is drawn (p normals per task);
+  2. the adaptation data (X_r, z_r) enter d_{t,g} = w_t − θ_{t,g} only through
+     V = [Q, w_t − ω_ref] and H_r, X_rᵀz_r; they are drawn as two Wishart
+     factors of size s+1 (`adaptation_coordinates`; for Fig. 2b 182 normals and
+     28 χ² per task instead of n_r·p = 1200 normals);
+  3. the test points enter only through the errors' Gram matrix and are drawn
+     as one Wishart factor (`_loss_from_generators`; 91 normals and 14 χ²
+     instead of n_s·p = 3000).
 
   Args:
-    key: PRNG key for the test data.
-    omega_ref, basis, coords: from `omega_span`.
-    adapt: the T new tasks' parameters and adaptation data (x_b unused).
+    key: PRNG key for the new tasks and all their data.
+    omega_ref, basis, coords: from `omega_span`, [p], [p, k], [G, k]; k + 1 < p.
+    problem: the specification (p, n_r, σ, ν, w_0).
     alpha_r: [G].
-    sigma: label noise σ.
-    test_points: points per task (static).
+    test_tasks: T (static).
+    test_points: n_s (static).
     plan: the grid's ProtocolPlan.
 
   Returns:
     Mean test loss per grid value, [G].
   """
-  gens, coef = protocol_generators(omega_ref, basis, coords, adapt, alpha_r, plan)
-  chol = psd_cholesky(jnp.matmul(jnp.swapaxes(gens, -1, -2), gens))        # [T, J, J]
-  num_tasks = gens.shape[0]
-  scaled = jnp.matmul(jnp.swapaxes(chol, -1, -2), coef)                    # [T, J, G]
-  noise_row = jnp.broadcast_to(jnp.asarray(sigma, gens.dtype),
-                               (num_tasks, 1, coef.shape[-1]))
-  a = jnp.concatenate([scaled, noise_row], axis=1)                        # [T, J+1, G]
-  factor = _prng.wishart_factor(key, a.shape[1], test_points, (num_tasks,),
-                                gens.dtype)                               # F Fᵀ = S
-  proj = jnp.matmul(jnp.swapaxes(factor, -1, -2), a)                      # Fᵀ a_g
-  return 0.5 * jnp.mean(jnp.sum(proj**2, axis=1), axis=0) / test_points
+  p, n_r, dtype = problem.p, problem.n_r, omega_ref.dtype
+  k = basis.shape[-1]
+  s = k + 1
+  if s >= p:
+    raise ValueError(f"reduced protocol needs k + 1 < p, got k = {k}, p = {p}")
+  k_w, k_f = jax.random.split(key)
+  dw, = _prng.normals(k_w, [(test_tasks, p)], dtype)
+  a = problem.w0 + problem.nu / jnp.sqrt(p) * dw - omega_ref               # w_t − ω_ref
+  chol = append_cholesky(psd_cholesky(basis.T @ basis), a @ basis,
+                         jnp.sum(a**2, axis=-1))                          # V = [Q, a]
+  r1 = min(s + 1, n_r)
+  d = s + min(r1, p - s)
+  j = plan.num_generators(p, problem.num_validation)
+  # F₁ (adaptation B), F₂ (its complement), F_s (test points): independent.
+  f1, f2, f_s = _prng.wishart_factors(
+      k_f, [(s + 1, n_r), (r1, p - s), (min(j, d) + 1, test_points)],
+      (test_tasks,), dtype)
+  v, hv, xz = adaptation_coordinates(chol, f1, f2, problem.sigma, n_r)
+  gens, coef = _assemble_generators(v[..., k], -hv[..., k] - xz, v[..., :k],
+                                    hv[..., :k], coords, alpha_r, plan)
+  return _loss_from_generators(f_s, gens, coef, problem.sigma, test_points)
 
 
 def exact_test_loss(omega: jax.Array, problem: problems.MixedLinearRegression,

@@ -69,10 +69,10 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
     conditional: also compute `conditional_loss` (static; costs one extra
       min(N, p)-sized solve with N right-hand sides per grid value).
     plan: which rates vary along the grid (static, see `protocol_plan`). When
-      given and it reduces the work, the protocol estimator draws each test
-      point only in the span of the test-error directions
-      (`_maml.protocol_test_loss_reduced`: same distribution, fewer draws);
-      None: the direct protocol with full p-dimensional test points.
+      given and it reduces the work, the protocol estimator draws the new
+      tasks' adaptation and test data only through their sufficient
+      statistics (`_maml.protocol_test_loss_reduced`: same distribution, far
+      fewer draws); None: the direct protocol with every data point drawn.
 
   Returns:
     RunValues of shape [G] each.
@@ -82,12 +82,9 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
   design = _maml.meta_design(train)
   solution = _maml.meta_solution_path(design, problem.omega0, alpha_t)
   if plan is not None and plan.reduces(problem.p, problem.num_validation):
-    # Same adaptation data as the direct protocol (same key, no test points).
-    adapt = _sampler.sample_meta_test(k_test, problem, test_tasks, 0)
     span = _maml.omega_span(design, solution, problem.omega0, alpha_t, plan)
     protocol = _maml.protocol_test_loss_reduced(
-        jax.random.fold_in(k_test, 1), *span, adapt, alpha_r, problem.sigma,
-        test_points, plan)
+        k_test, *span, problem, alpha_r, test_tasks, test_points, plan)
   else:
     test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
     protocol = _maml.protocol_test_loss(solution.omega, test, alpha_r)
@@ -252,9 +249,10 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     mesh: optional mesh (see `runs_mesh`); runs of each batch are sharded over
       its devices.
     conditional: also compute the conditional (Rao-Blackwellized) estimator.
-    reduced_protocol: draw the protocol's test points only in the span of the
-      test-error directions (same estimator distribution, fewer draws; see
-      `_maml.protocol_test_loss_reduced`). False: full p-dimensional points.
+    reduced_protocol: draw the protocol's adaptation and test data through
+      their sufficient statistics where that is cheaper (same estimator
+      distribution, far fewer draws; see `_maml.protocol_test_loss_reduced`).
+      False: every adaptation and test point drawn in p dimensions.
     on_chunk: optional callback(index, total, loaded_from_store).
 
   Returns:
