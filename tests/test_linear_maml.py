@@ -102,6 +102,23 @@ class LinearMamlTest(parameterized.TestCase):
         null = vt[z.shape[0]:]
         self.assertLess(float(jnp.max(jnp.abs(null @ (omega - problem.omega0)))), 1e-11)
 
+  @parameterized.parameters(OVER, UNDER)
+  def test_singular_meta_regression_is_nan_and_leaves_the_others(self, **kw):
+    # With z1 = z0, Z(α_t = 1) = 0: its Gram matrix is singular, so ω* and the
+    # pivot ratio are NaN there (marked, not crashed); other grid values solve.
+    problem = _problem(**kw)
+    design = _maml.meta_design(_sampler.sample_meta_training(jax.random.key(7), problem))
+    design = design._replace(z1=design.z0)
+    alphas = jnp.array([-0.5, 1.0, 0.3])
+    path = _maml.meta_solution_path(design, problem.omega0, alphas)
+    self.assertTrue(bool(jnp.all(jnp.isnan(path.omega[1]))))
+    self.assertTrue(bool(jnp.isnan(path.rcond[1])))
+    for g in (0, 2):
+      z, u = design.at(alphas[g])
+      chex.assert_trees_all_close(path.omega[g], _maml.min_distance_solution(
+          z, u, problem.omega0), atol=1e-10)
+      self.assertTrue(0 < float(path.rcond[g]) <= 1)
+
   def test_underparameterized_solution_ignores_omega0(self):
     train = _sampler.sample_meta_training(jax.random.key(8), _problem(**UNDER))
     design = _maml.meta_design(train)

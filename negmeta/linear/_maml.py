@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from negmeta import _prng, problems
+from negmeta import _linalg, _prng, problems
 from negmeta.linear._sampler import TaskBatch
 
 
@@ -166,10 +166,12 @@ def meta_solution_path(design: MetaDesign, omega0: jax.Array,
   def solve(alpha):
     gram = terms.g0 + alpha * terms.g1 + alpha**2 * terms.g2
     rhs = terms.r0 + alpha * terms.r1 + alpha**2 * terms.r2
-    chol = jnp.linalg.cholesky(gram)
-    x = jax.scipy.linalg.cho_solve((chol, True), rhs)
+    chol = _linalg.psd_cholesky(gram)
     pivots = jnp.diagonal(chol) ** 2
-    rcond = jnp.min(pivots) / jnp.max(pivots)
+    # Numerically singular (a pivot ≤ 0 was clamped): NaN, as LAPACK's potrf.
+    singular = jnp.min(pivots) <= 0
+    x = jnp.where(singular, jnp.nan, _linalg.cholesky_solve(chol, rhs))
+    rcond = jnp.where(singular, jnp.nan, jnp.min(pivots) / jnp.max(pivots))
     dual = x if n < p else x[:0]
     if n < p:
       x = design.z0.T @ x - alpha * (design.z1.T @ x)
@@ -196,7 +198,7 @@ def inner_step_gap(train: TaskBatch, alpha_t: jax.Array) -> jax.Array:
   # H_t = XᵀX/n_t and XXᵀ/n_t share their nonzero eigenvalues: use the smaller.
   gram = (jnp.einsum("mnp,mkp->mnk", train.x_a, train.x_a) if n_t <= p
           else jnp.einsum("mnp,mnq->mpq", train.x_a, train.x_a))
-  lam = jnp.linalg.eigvalsh(gram / n_t).reshape(1, -1)
+  lam = _linalg.eigvalsh(gram / n_t).reshape(1, -1)
   gap = jnp.min(jnp.abs(1.0 - alpha_t[:, None] * lam), axis=1)
   # If n_t < p, H_t also has zero eigenvalues, where |1 − α_t·0| = 1.
   return jnp.minimum(gap, 1.0) if n_t < p else gap
@@ -234,8 +236,9 @@ def expected_distance_given_inputs(train: TaskBatch,
     z, _ = design.at(alpha)
     # W = Z⁺ via the explicit inverse of the smaller Gram matrix.
     small = z @ z.T if z.shape[0] < p else z.T @ z
-    inverse = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(small), True),
-                                         jnp.eye(small.shape[0], dtype=z.dtype))
+    chol = _linalg.psd_cholesky(small)
+    inverse = jnp.where(jnp.min(jnp.diagonal(chol)) > 0, _linalg.cholesky_solve(
+        chol, jnp.eye(small.shape[0], dtype=z.dtype)), jnp.nan)
     w = z.T @ inverse if z.shape[0] < p else inverse @ z.T
     w_blocks = w.reshape(p, m, n_v)
     z_blocks = z.reshape(m, n_v, p)
@@ -275,35 +278,7 @@ def protocol_test_loss(omega: jax.Array, test: TaskBatch,
   return 0.5 * jnp.mean(err**2, axis=(0, 1))
 
 
-def psd_cholesky(k: jax.Array) -> jax.Array:
-  """L lower triangular with L Lᵀ = k for a positive semi-definite k, in pure jnp.
-
-  Column-by-column Cholesky with non-positive pivots clamped to zero (those
-  columns of L are zero), so a singular k still gives L Lᵀ = k. Pure jnp, not a
-  LAPACK custom call: jaxlib 0.10.2's batched CPU LAPACK kernels block an XLA
-  intra-op thread while waiting for sub-tasks on the same pool, so several of
-  them running concurrently can deadlock a small machine (BUILD_NOTES.md §4).
-  One `fori_loop` over the columns: for J = 13 it compiles in 0.16 s, the
-  unrolled Python loop it replaces in 1.35 s (same run time).
-
-  Args:
-    k: [..., J, J] symmetric positive semi-definite.
-
-  Returns:
-    [..., J, J].
-  """
-  size = k.shape[-1]
-  rows = jnp.arange(size)
-
-  def column(j, chol):
-    # v = k[:, j] − L L[j, :]ᵀ; columns ≥ j of L are still zero.
-    v = k[..., :, j] - jnp.einsum("...ik,...k->...i", chol, chol[..., j, :])
-    pivot = v[..., j, None]
-    ok = pivot > 0
-    col = jnp.where(ok & (rows >= j), v / jnp.sqrt(jnp.where(ok, pivot, 1)), 0)
-    return chol.at[..., :, j].set(col)
-
-  return jax.lax.fori_loop(0, size, column, jnp.zeros_like(k)) if size else k
+psd_cholesky = _linalg.psd_cholesky
 
 
 class ProtocolPlan(NamedTuple):
@@ -560,18 +535,19 @@ def protocol_test_loss_reduced(key: jax.Array, omega_ref: jax.Array,
   s = k + 1
   if s >= p:
     raise ValueError(f"reduced protocol needs k + 1 < p, got k = {k}, p = {p}")
-  k_w, k_f = jax.random.split(key)
-  dw, = _prng.normals(k_w, [(test_tasks, p)], dtype)
-  a = problem.w0 + problem.nu / jnp.sqrt(p) * dw - omega_ref               # w_t − ω_ref
-  chol = append_cholesky(psd_cholesky(basis.T @ basis), a @ basis,
-                         jnp.sum(a**2, axis=-1))                          # V = [Q, a]
   r1 = min(s + 1, n_r)
   d = s + min(r1, p - s)
   j = plan.num_generators(p, problem.num_validation)
   # F₁ (adaptation B), F₂ (its complement), F_s (test points): independent.
-  f1, f2, f_s = _prng.wishart_factors(
-      k_f, [(s + 1, n_r), (r1, p - s), (min(j, d) + 1, test_points)],
-      (test_tasks,), dtype)
+  specs = [(s + 1, n_r), (r1, p - s), (min(j, d) + 1, test_points)]
+  k_n, k_f = jax.random.split(key)
+  dw, off = _prng.normals(k_n, [(test_tasks, p),
+                                (test_tasks, _prng.wishart_num_normals(specs))], dtype)
+  a = problem.w0 + problem.nu / jnp.sqrt(p) * dw - omega_ref               # w_t − ω_ref
+  chol = append_cholesky(psd_cholesky(basis.T @ basis), a @ basis,
+                         jnp.sum(a**2, axis=-1))                          # V = [Q, a]
+  f1, f2, f_s = _prng.wishart_factors(k_f, specs, (test_tasks,), dtype,
+                                      normal_draws=off)
   v, hv, xz = adaptation_coordinates(chol, f1, f2, problem.sigma, n_r)
   gens, coef = _assemble_generators(v[..., k], -hv[..., k] - xz, v[..., :k],
                                     hv[..., :k], coords, alpha_r, plan)

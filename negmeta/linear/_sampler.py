@@ -32,7 +32,8 @@ class TaskBatch(NamedTuple):
 
 
 def sample_tasks(key: jax.Array, problem: problems.MixedLinearRegression,
-                 num_tasks: int, n_a: int, n_b: int) -> TaskBatch:
+                 num_tasks: int, n_a: int, n_b: int, *,
+                 split_draws: bool = True) -> TaskBatch:
   """Draws `num_tasks` tasks with `n_a` + `n_b` points each.
 
   Args:
@@ -40,18 +41,25 @@ def sample_tasks(key: jax.Array, problem: problems.MixedLinearRegression,
     problem: the specification (its sizes p; σ, ν, w_0 are used).
     num_tasks: T (static).
     n_a, n_b: points in the two splits (static).
+    split_draws: draw the two splits from separate keys, so that the first
+      split's data do not depend on n_b (static). False: one flat draw, one
+      threefry graph less to compile (≈ 0.35 s on XLA:CPU).
 
   Returns:
     A TaskBatch with the shapes documented there, in the dtype of `problem.w0`.
   """
-  # Two flat draws (negmeta._prng): the first split's data do not depend on n_b.
+  # Flat draws (negmeta._prng), one per split unless split_draws is False.
   k_a, k_b = jax.random.split(key)
   p, dtype = problem.p, problem.w0.dtype
-  dw, x_a, z_a = _prng.normals(k_a, [(num_tasks, p), (num_tasks, n_a, p),
-                                     (num_tasks, n_a)], dtype)
-  if n_b:
-    x_b, z_b = _prng.normals(k_b, [(num_tasks, n_b, p), (num_tasks, n_b)], dtype)
+  shapes_a = [(num_tasks, p), (num_tasks, n_a, p), (num_tasks, n_a)]
+  shapes_b = [(num_tasks, n_b, p), (num_tasks, n_b)]
+  if not split_draws:
+    dw, x_a, z_a, x_b, z_b = _prng.normals(k_a, shapes_a + shapes_b, dtype)
+  elif n_b:
+    dw, x_a, z_a = _prng.normals(k_a, shapes_a, dtype)
+    x_b, z_b = _prng.normals(k_b, shapes_b, dtype)
   else:
+    dw, x_a, z_a = _prng.normals(k_a, shapes_a, dtype)
     x_b, z_b = jnp.zeros((num_tasks, 0, p), dtype), jnp.zeros((num_tasks, 0), dtype)
   w = problem.w0 + problem.nu / jnp.sqrt(p) * dw
   y_a = jnp.einsum("tnp,tp->tn", x_a, w) + problem.sigma * z_a
@@ -62,7 +70,8 @@ def sample_tasks(key: jax.Array, problem: problems.MixedLinearRegression,
 def sample_meta_training(key: jax.Array, problem: problems.MixedLinearRegression
                          ) -> TaskBatch:
   """The m meta-training tasks of one run: n_t support and n_v query points each."""
-  return sample_tasks(key, problem, problem.m, problem.n_t, problem.n_v)
+  return sample_tasks(key, problem, problem.m, problem.n_t, problem.n_v,
+                      split_draws=False)
 
 
 def sample_meta_test(key: jax.Array, problem: problems.MixedLinearRegression,

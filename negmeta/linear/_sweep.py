@@ -88,15 +88,12 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
   else:
     test = _sampler.sample_meta_test(k_test, problem, test_tasks, test_points)
     protocol = _maml.protocol_test_loss(solution.omega, test, alpha_r)
-  # The LAPACK calls (Cholesky here, eigvalsh in the gap, Cholesky in the
-  # conditional estimator) run one after another: jaxlib 0.10.2's batched CPU
-  # LAPACK kernels can deadlock when several run concurrently (BUILD_NOTES §4).
-  gap = _maml.inner_step_gap(_after(train, solution), alpha_t)
+  gap = _maml.inner_step_gap(train, alpha_t)
   if conditional:
     # With α_t fixed along the grid, E[D | inputs] is one number per run.
     distinct = alpha_t[:1] if plan is not None and not plan.vary_t else alpha_t
     cond = jnp.broadcast_to(_maml.expected_distance_given_inputs(
-        _after(train, gap), problem, distinct), alpha_t.shape)
+        train, problem, distinct), alpha_t.shape)
   else:
     cond = jnp.full_like(alpha_t, jnp.nan)
   return RunValues(
@@ -107,24 +104,6 @@ def simulate_run(key: jax.Array, problem: problems.MixedLinearRegression,
       inner_gap=gap,
       conditional_distance=cond,
       conditional_loss=_maml.exact_test_loss_given_distance(cond, problem, alpha_r))
-
-
-def _after(value, *dependencies):
-  """`value` (unchanged), made data-dependent on `dependencies`.
-
-  Orders XLA:CPU thunks: the consumers of the result cannot start before the
-  dependencies are computed. (`lax.optimization_barrier` does not do this: the
-  barrier is expanded away before the thunk executor builds its dependency
-  graph.) XLA keeps x + 0·s for floats (0·NaN is NaN), and s is made finite, so
-  the values are exactly those of `value`.
-  """
-  leaves = [jnp.sum(jnp.where(jnp.isfinite(x), x, 0))
-            for x in jax.tree.leaves(dependencies)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-  zero = 0 * sum(leaves)
-  return jax.tree.map(
-      lambda v: v + zero.astype(v.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
-      value)
 
 
 def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
@@ -286,7 +265,6 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
         keys = run_keys(seed, first, b)
         if sharding is not None:
           keys = jax.device_put(keys, sharding)
-        # Blocking on each batch keeps one computation in flight (see `_after`).
         batches.append(jax.block_until_ready(simulate_chunk(
             keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
             test_points=test_points, conditional=conditional, plan=plan)))
