@@ -5,10 +5,10 @@ Run by hand:  python benchmarks/linear_sweep_bench.py [--numpy_runs=1000]
 Both implement the same protocol: 41 α_t values in [−2, 2], α_r = 0.2, 1000 runs,
 each run's ω*(α_t) exact, evaluated on 100 new tasks × 50 points plus exactly in
 expectation over the test data, float64, common random numbers across the grid.
-negmeta draws each test point only in the span of the test-error directions
-(`linear._maml.protocol_test_loss_reduced`: the same estimator, the same joint
-law, tested against the direct draw); `--direct` also times negmeta drawing full
-p-dimensional test points, as the NumPy loop does.
+negmeta draws the new tasks' adaptation and test data through their sufficient
+statistics (`linear._maml.protocol_test_loss_reduced`: the same estimator, the
+same joint law, tested against the direct draw); `--direct` also times negmeta
+drawing every adaptation and test point in p dimensions, as the NumPy loop does.
 Each side runs in its own subprocess so its wall time (compilation included for
 JAX, imports excluded for both) and its peak RSS are its own. Prints one JSON line
 per side and the measured speed ratio. With --numpy_runs < 1000 the NumPy time is
@@ -46,7 +46,7 @@ def jax_side(runs: int, reduced: bool = True) -> dict:
                             test_tasks=TEST_TASKS, test_points=TEST_POINTS,
                             reduced_protocol=reduced)
   seconds = time.perf_counter() - start
-  side = "negmeta (jax)" if reduced else "negmeta (jax, direct test points)"
+  side = "negmeta (jax)" if reduced else "negmeta (jax, direct data points)"
   return {"side": side, "runs": runs, "seconds": seconds,
           "peak_rss_mb": _peak_rss_mb(), "devices": str(jax.devices()),
           "mean_exact_loss_at_0": float(np.mean(values.exact_loss[:, 20])),
