@@ -33,13 +33,13 @@ class OneTraceTest(absltest.TestCase):
 
   def _counted(self):
     chex.clear_trace_counter()   # counts are per function, across tests
-    return jax.jit(chex.assert_max_traces(_sweep._simulate_chunk, n=1),
+    return jax.jit(chex.assert_max_traces(_sweep._simulate_batches, n=1),
                    static_argnames=_sweep.STATIC_ARGNAMES)
 
   def test_whole_sweeps_trace_once(self):
-    with mock.patch.object(_sweep, "simulate_chunk", self._counted()):
-      # 5 chunks of 4 runs (last one padded), then new grid values, a new fixed
-      # rate and new σ, ν: all reuse the single trace.
+    with mock.patch.object(_sweep, "simulate_batches", self._counted()):
+      # 5 chunks of 4 runs (the last one padded to 4), then new grid values, a
+      # new fixed rate and new σ, ν: all reuse the single trace.
       _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 7), 0.2, runs=18, seed=0,
                        batch_size=2, chunk_runs=4, **EVAL)
       _sweep.run_sweep(_problem(sigma=0.1, nu=2.0), jnp.linspace(-3, 0.5, 7), 0.35,
@@ -51,11 +51,11 @@ class OneTraceTest(absltest.TestCase):
   def test_each_kind_of_sweep_traces_once(self):
     # Which rates vary is static structure (it picks the protocol's generators);
     # the values are not: sweeps of one kind share one trace.
-    with mock.patch.object(_sweep, "simulate_chunk", self._counted()):
+    with mock.patch.object(_sweep, "simulate_batches", self._counted()):
       for seed, lo in ((0, -0.1), (1, 0.05)):
         _sweep.run_sweep(_problem(), jnp.linspace(-1, 1, 7), jnp.linspace(lo, 0.5, 7),
                          runs=4, seed=seed, batch_size=2, **EVAL)
-    with mock.patch.object(_sweep, "simulate_chunk", self._counted()):
+    with mock.patch.object(_sweep, "simulate_batches", self._counted()):
       for alpha_t in (0.2, -0.4):
         _sweep.run_sweep(_problem(), alpha_t, jnp.linspace(-0.1, 0.5, 7), runs=4,
                          batch_size=2, **EVAL)
@@ -189,8 +189,9 @@ class NoLapackTest(parameterized.TestCase):
   def test_compiled_kernel_has_no_lapack_calls(self, p, conditional):
     problem = _problem(p=p)
     grid = jnp.linspace(-1.0, 1.0, 5)
-    hlo = _sweep.simulate_chunk.lower(
-        _sweep.run_keys(0, 0, 2), problem, grid, jnp.full(5, 0.2), conditional=conditional,
+    hlo = _sweep.simulate_batches.lower(
+        _sweep.run_keys(0, 0, 4).reshape(2, 2), problem, grid, jnp.full(5, 0.2),
+        conditional=conditional,
         plan=_sweep.protocol_plan(grid, 0.2), **EVAL).compile().as_text()
     calls = [line for line in hlo.splitlines() if "custom-call" in line]
     self.assertEqual([c for c in calls if "lapack" in c.lower()], [])

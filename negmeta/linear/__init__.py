@@ -27,5 +27,6 @@ from negmeta.linear._sweep import paired_difference
 from negmeta.linear._sweep import run_keys
 from negmeta.linear._sweep import run_sweep
 from negmeta.linear._sweep import runs_mesh
+from negmeta.linear._sweep import simulate_batches
 from negmeta.linear._sweep import simulate_chunk
 from negmeta.linear._sweep import simulate_run

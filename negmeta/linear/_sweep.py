@@ -7,10 +7,12 @@ data (common random numbers), so differences along the grid are smooth and
 paired comparisons are precise. Run r's randomness is `fold_in(key(seed), r)`,
 independent of how runs are batched, chunked or sharded.
 
-The kernel `simulate_chunk` is jitted once per problem shape: grid values, σ, ν,
-w_0, ω_0 and the keys are array arguments. Runs are vmapped in batches of B,
-which bounds memory; the driver `run_sweep` calls the one compiled kernel once
-per batch (the last one padded), optionally saving finished chunks to disk.
+The kernel `simulate_batches` is jitted once per problem shape: grid values, σ,
+ν, w_0, ω_0 and the keys are array arguments. Runs are vmapped in batches of B,
+which bounds memory, and a `lax.map` runs the batches of a chunk one after
+another inside the call; the driver `run_sweep` makes one call per chunk (one
+call per sweep unless it saves chunks to resume from), every chunk padded to
+the same size so that all of them reuse the one compiled kernel.
 """
 
 from __future__ import annotations
@@ -114,7 +116,24 @@ def _simulate_chunk(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
   return jax.vmap(run)(keys)
 
 
+def _simulate_batches(keys, problem, alpha_t, alpha_r, test_tasks, test_points,
+                      conditional=False, plan=None):
+  batch = functools.partial(_simulate_chunk, problem=problem, alpha_t=alpha_t,
+                            alpha_r=alpha_r, test_tasks=test_tasks,
+                            test_points=test_points, conditional=conditional, plan=plan)
+  return jax.lax.map(batch, keys)
+
+
 STATIC_ARGNAMES = ("test_tasks", "test_points", "conditional", "plan")
+simulate_batches: Callable[..., RunValues] = jax.jit(
+    _simulate_batches, static_argnames=STATIC_ARGNAMES)
+simulate_batches.__doc__ = """Runs keys [n, B] → RunValues [n, B, G]: n batches, one after another.
+
+Jitted; the B runs of a batch are vmapped and a `lax.map` runs the n batches in
+sequence (memory of one batch). Arguments as `simulate_chunk`. The kernel has
+no LAPACK calls (BUILD_NOTES.md §4), so sharding the B axis over CPU devices
+cannot deadlock.
+"""
 simulate_chunk: Callable[..., RunValues] = jax.jit(
     _simulate_chunk, static_argnames=STATIC_ARGNAMES)
 simulate_chunk.__doc__ = """Runs keys [B] → RunValues [B, G] (jitted; the B runs are vmapped).
@@ -155,7 +174,7 @@ def expected_distances(problem: problems.MixedLinearRegression, alpha_t, *,
   """
   alpha_t = jnp.atleast_1d(jnp.asarray(alpha_t, problem.w0.dtype))
   b = min(batch_size, runs)
-  # One vmapped batch per call, as in `run_sweep` (no lax.map around LAPACK calls).
+  # One vmapped batch per call (the conditional estimator's inputs only).
   out = [np.asarray(_expected_distances(run_keys(seed, first, b), problem, alpha_t))
          for first in range(0, runs, b)]
   return np.concatenate(out)[:runs]
@@ -222,11 +241,13 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     test_tasks, test_points: evaluation protocol sizes.
     batch_size: runs vmapped together (default: from a 256 MB memory budget).
       With a mesh, it is rounded up to a multiple of the number of devices.
-    chunk_runs: runs per saved chunk (default: all runs). Chunks are saved to
-      `store` when given, and loaded from it on a rerun.
+    chunk_runs: runs per compiled call and saved chunk (default: all runs).
+      Chunks are saved to `store` when given, and loaded from it on a rerun.
+      The last chunk is padded to the full chunk size (its extra runs are
+      computed and dropped) so that every chunk reuses the one compiled call.
     store: optional ChunkStore for resumable sweeps.
-    mesh: optional mesh (see `runs_mesh`); runs of each batch are sharded over
-      its devices.
+    mesh: optional mesh (see `runs_mesh`); the runs of each batch are sharded
+      over its devices.
     conditional: also compute the conditional (Rao-Blackwellized) estimator.
     reduced_protocol: draw the protocol's adaptation and test data through
       their sufficient statistics where that is cheaper (same estimator
@@ -248,7 +269,7 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
   chunk = chunk_runs or runs
   chunk = math.ceil(chunk / b) * b
   n_chunks = math.ceil(runs / chunk)
-  sharding = (NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+  sharding = (NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
               if mesh is not None else None)
   parts = []
   for c in range(n_chunks):
@@ -257,19 +278,13 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     saved = store.load(c) if store is not None else None
     loaded = saved is not None
     if not loaded:
-      batches = []
-      # One vmapped batch per call of the (single-trace) kernel: a lax.map over
-      # several batches inside one call intermittently hangs XLA:CPU in jaxlib
-      # 0.10.2 (BUILD_NOTES.md §4).
-      for first in range(start, start + valid, b):
-        keys = run_keys(seed, first, b)
-        if sharding is not None:
-          keys = jax.device_put(keys, sharding)
-        batches.append(jax.block_until_ready(simulate_chunk(
-            keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
-            test_points=test_points, conditional=conditional, plan=plan)))
-      saved = {k: np.concatenate([np.asarray(getattr(o, k)).reshape(b, grid_size)
-                                  for o in batches])[:valid]
+      # One compiled call per chunk: a lax.map over its batches of b runs.
+      keys = run_keys(seed, start, chunk).reshape(chunk // b, b)
+      if sharding is not None:
+        keys = jax.device_put(keys, sharding)
+      out = simulate_batches(keys, problem, alpha_t, alpha_r, test_tasks=test_tasks,
+                             test_points=test_points, conditional=conditional, plan=plan)
+      saved = {k: np.asarray(getattr(out, k)).reshape(chunk, grid_size)[:valid]
                for k in RunValues._fields}
       if store is not None:
         store.save(c, saved)
