@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from negmeta import problems
+from negmeta import _prng, problems
 from negmeta.linear import _maml, _sampler
 from negmeta.theory import linear as theory
 
@@ -104,11 +104,16 @@ class LinearMamlTest(parameterized.TestCase):
 
   @parameterized.parameters(OVER, UNDER)
   def test_singular_meta_regression_is_nan_and_leaves_the_others(self, **kw):
-    # With z1 = z0, Z(α_t = 1) = 0: its Gram matrix is singular, so ω* and the
+    # Where Z(α_t = 1) loses rank its Gram matrix is singular, so ω* and the
     # pivot ratio are NaN there (marked, not crashed); other grid values solve.
+    # Only part of Z(1) vanishes (two rows, or one column), so one pivot is 0
+    # and the others are not: "any pivot ≤ 0" is what marks the solve.
     problem = _problem(**kw)
     design = _maml.meta_design(_sampler.sample_meta_training(jax.random.key(7), problem))
-    design = design._replace(z1=design.z0)
+    if problem.regime == problems.OVERPARAMETERIZED:
+      design = design._replace(z1=design.z1.at[:2].set(design.z0[:2]))
+    else:
+      design = design._replace(z1=design.z1.at[:, 1].set(design.z0[:, 1]))
     alphas = jnp.array([-0.5, 1.0, 0.3])
     path = _maml.meta_solution_path(design, problem.omega0, alphas)
     self.assertTrue(bool(jnp.all(jnp.isnan(path.omega[1]))))
@@ -285,6 +290,40 @@ class ReducedProtocolTest(parameterized.TestCase):
     np.testing.assert_allclose(built.T @ built, explicit.T @ explicit,
                                rtol=1e-10, atol=1e-10)
 
+  @parameterized.parameters((60, 20, 13), (40, 5, 13), (16, 20, 13), (9, 4, 1))
+  def test_adaptation_statistics_moments(self, p, n_r, s):
+    # The sampled coordinates of V, H_rV and X_rᵀz/n_r have the moments of the
+    # real ones: E[(H_rV)ᵀH_rV] = VᵀV (n_r + p + 1)/n_r (Wishart second
+    # moment), E[Vᵀ H_rV] = VᵀV, E‖X_rᵀz/n_r‖² = σ²p/n_r, E[(H_rV)ᵀX_rᵀz] = 0.
+    # 200k draws: every entry within 4.5 s.e.; a one-off error in F₂'s degrees
+    # of freedom moves the first by ≈ 1/(n_r + p + 1) ≈ 15 s.e. here.
+    n, sigma = 200_000, 0.7
+    rng = np.random.default_rng(p + n_r)
+    v_true = jnp.asarray(rng.standard_normal((p, s)))
+    q, a = v_true[:, :s - 1], v_true[:, s - 1]
+    chol = _maml.append_cholesky(_maml.psd_cholesky(q.T @ q), a @ q, a @ a)
+    f1, f2 = jax.jit(lambda k: _prng.wishart_factors(
+        k, _maml.adaptation_specs(s, n_r, p), (n,)))(jax.random.key(p))
+    v, hv, xz = _maml.adaptation_coordinates(chol, f1, f2, sigma, n_r)
+    gram = v_true.T @ v_true
+    checks = [(jnp.swapaxes(hv, 1, 2) @ hv, gram * (n_r + p + 1) / n_r),
+              (jnp.swapaxes(v, 1, 2) @ hv, gram),
+              (jnp.sum(xz**2, -1), sigma**2 * p / n_r),
+              (jnp.einsum("tds,td->ts", hv, xz), jnp.zeros(s))]
+    for draws, mean in checks:
+      se = np.asarray(draws.std(0)) / np.sqrt(n)
+      np.testing.assert_array_less(np.abs(np.asarray(draws.mean(0)) - mean),
+                                   4.5 * se + 1e-12)
+
+  def test_reduced_protocol_needs_span_below_p(self):
+    problem = _problem(**OVER)                                   # s = 2N + 1 = 13 > p
+    plan = _maml.ProtocolPlan(vary_t=True, vary_r=False)
+    self.assertFalse(plan.reduces(problem.p, problem.num_validation))
+    with self.assertRaisesRegex(ValueError, "k \\+ 1 < p"):
+      _maml.protocol_test_loss_reduced(
+          jax.random.key(0), jnp.zeros(12), jnp.ones((12, 11)), jnp.ones((3, 11)),
+          problem, jnp.full(3, 0.2), 2, 5, plan)
+
   @parameterized.parameters(False, True)
   def test_append_cholesky_matches_psd_cholesky(self, singular):
     q = jax.random.normal(jax.random.key(40), (9, 4))
@@ -299,20 +338,39 @@ class ReducedProtocolTest(parameterized.TestCase):
     np.testing.assert_allclose(appended @ jnp.swapaxes(appended, 1, 2), gram,
                                atol=1e-12)
 
+  def test_append_cholesky_edge_cases(self):
+    # a in span(Q): the new pivot is 0 (clamped, not NaN from a rounding-negative
+    # square); no Q at all (k = 0): L = [‖a‖].
+    q = jax.random.normal(jax.random.key(42), (9, 3))
+    a = q @ jnp.array([[0.5, -1.0, 2.0]]).T[:, 0]
+    appended = _maml.append_cholesky(_maml.psd_cholesky(q.T @ q), (a @ q)[None],
+                                     jnp.sum(a**2)[None])
+    self.assertFalse(bool(jnp.any(jnp.isnan(appended))))
+    self.assertLess(float(appended[0, 3, 3]), 1e-6)
+    v = jnp.concatenate([q, a[:, None]], 1)
+    np.testing.assert_allclose(appended[0] @ appended[0].T, v.T @ v, atol=1e-10)
+    alone = _maml.append_cholesky(jnp.zeros((0, 0)), jnp.zeros((2, 0)),
+                                  jnp.array([4.0, 9.0]))
+    np.testing.assert_allclose(alone, [[[2.0]], [[3.0]]])
+
   @parameterized.parameters(
       dict(vary_t=True, vary_r=False, kw=WIDE),
       dict(vary_t=True, vary_r=True, kw=WIDE),
       dict(vary_t=True, vary_r=False, kw=dict(WIDE, n_r=20)),
       dict(vary_t=True, vary_r=True, kw=dict(WIDE, p=16, n_r=20)),
-      dict(vary_t=False, vary_r=True, kw=OVER))
-  def test_same_law_as_the_direct_protocol(self, vary_t, vary_r, kw):
+      dict(vary_t=False, vary_r=True, kw=OVER),
+      dict(vary_t=True, vary_r=False, kw=dict(WIDE, n_r=20), points=10))
+  def test_same_law_as_the_direct_protocol(self, vary_t, vary_r, kw, points=20):
     # For one run's ω*_g, both estimators average ½(y − θᵀx)² over freshly
     # drawn tasks, adaptation data and test points: both means equal the
     # exact expectation (`exact_test_loss`, within 4 s.e.), and their spreads
     # and the correlation between two grid values agree (within 4 s.e.).
-    # 3000 draws of 9 tasks × 20 points each. The cases take every branch of
-    # the sufficient statistics: n_r < or ≥ s+1, p − s < or ≥ r₁, J ≤ or > d,
-    # Bartlett (J+1 ≤ 20) or point-by-point test draws, α_t fixed (s = 1).
+    # 3000 draws of 9 tasks × `points` points each. The cases take every branch
+    # of the sufficient statistics: n_r < or ≥ s+1, p − s < or ≥ r₁, J ≤ or
+    # > d, α_t fixed (s = 1), and the test points' Wishart factor by Bartlett
+    # (min(J, d) + 1 ≤ points: 14, 19, 14, 17, 3 ≤ 20) or point by point
+    # (14 > 10, last case). `test_adaptation_statistics_moments` checks the
+    # adaptation part alone, with far more power.
     problem, omega, alpha_r, _, span, _ = self._setup(vary_r, kw)
     plan = _maml.ProtocolPlan(vary_t=vary_t, vary_r=vary_r)
     if not vary_t:
@@ -321,7 +379,7 @@ class ReducedProtocolTest(parameterized.TestCase):
                                     dual=jnp.zeros((6, 0)))
       span = _maml.omega_span(None, solution, problem.omega0, jnp.full(6, 0.3), plan)
     self.assertTrue(plan.reduces(problem.p, problem.num_validation))
-    n, tasks, points = 3000, 9, 20
+    n, tasks = 3000, 9
     reduced = jax.vmap(lambda k: _maml.protocol_test_loss_reduced(
         k, *span, problem, alpha_r, tasks, points, plan))(
             jax.random.split(jax.random.key(30), n))

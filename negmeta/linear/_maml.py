@@ -465,7 +465,17 @@ def adaptation_coordinates(chol: jax.Array, f1: jax.Array, f2: jax.Array,
   xb = jnp.concatenate([gram[..., :s, :], jnp.swapaxes(f1 @ f2, -1, -2)], -2)
   lt = jnp.swapaxes(chol, -1, -2)
   v = jnp.concatenate([lt, jnp.zeros(lt.shape[:-2] + (f2.shape[-1], s), lt.dtype)], -2)
-  return v, xb[..., :s] @ lt / n_r, sigma * xb[..., s] / n_r
+  hv = xb[..., :s] @ lt / n_r
+  return jnp.broadcast_to(v, hv.shape), hv, sigma * xb[..., s] / n_r
+
+
+def adaptation_specs(s: int, n_r: int, p: int) -> list[tuple[int, int]]:
+  """(dim, df) of the Wishart factors F₁, F₂ of `adaptation_coordinates`.
+
+  F₁F₁ᵀ = BᵀB ~ Wishart_{s+1}(n_r) for B = [X_rV_o, z/σ]; F₂F₂ᵀ ~
+  Wishart_{r₁}(p − s), r₁ = min(s + 1, n_r), for the complement U = X_rW_⊥.
+  """
+  return [(s + 1, n_r), (min(s + 1, n_r), p - s)]
 
 
 def _loss_from_generators(factor: jax.Array, gens: jax.Array, coef: jax.Array,
@@ -535,11 +545,11 @@ def protocol_test_loss_reduced(key: jax.Array, omega_ref: jax.Array,
   s = k + 1
   if s >= p:
     raise ValueError(f"reduced protocol needs k + 1 < p, got k = {k}, p = {p}")
-  r1 = min(s + 1, n_r)
-  d = s + min(r1, p - s)
+  adapt_specs = adaptation_specs(s, n_r, p)
+  d = s + min(adapt_specs[1])                                              # s + r₂
   j = plan.num_generators(p, problem.num_validation)
   # F₁ (adaptation B), F₂ (its complement), F_s (test points): independent.
-  specs = [(s + 1, n_r), (r1, p - s), (min(j, d) + 1, test_points)]
+  specs = adapt_specs + [(min(j, d) + 1, test_points)]
   k_n, k_f = jax.random.split(key)
   dw, off = _prng.normals(k_n, [(test_tasks, p),
                                 (test_tasks, _prng.wishart_num_normals(specs))], dtype)
