@@ -46,6 +46,30 @@ def psd_cholesky(k: jax.Array) -> jax.Array:
   return jax.lax.fori_loop(0, size, column, jnp.zeros_like(k)) if size else k
 
 
+def _pivot_divide(value: jax.Array, pivot: jax.Array) -> jax.Array:
+  """value / pivot, and 0 where the pivot is 0 (a clamped `psd_cholesky` column)."""
+  return jnp.where(pivot != 0, value / jnp.where(pivot != 0, pivot, 1), 0)
+
+
+def forward_substitution(chol: jax.Array, rhs: jax.Array) -> jax.Array:
+  """y with L y = rhs for lower-triangular L; y_i = 0 where L_ii = 0.
+
+  Args:
+    chol: L, [..., n, n].
+    rhs: [..., n, r].
+
+  Returns:
+    [..., n, r].
+  """
+  n = chol.shape[-1]
+
+  def step(i, y):        # y_i = (b_i − L_i,:<i y_:<i) / L_ii; entries ≥ i of y are 0
+    value = rhs[..., i, :] - jnp.einsum("...k,...kr->...r", chol[..., i, :], y)
+    return y.at[..., i, :].set(_pivot_divide(value, chol[..., i, i, None]))
+
+  return jax.lax.fori_loop(0, n, step, jnp.zeros_like(rhs)) if n else rhs
+
+
 def cholesky_solve(chol: jax.Array, rhs: jax.Array) -> jax.Array:
   """x with L Lᵀ x = rhs, by forward and back substitution.
 
@@ -60,22 +84,15 @@ def cholesky_solve(chol: jax.Array, rhs: jax.Array) -> jax.Array:
     The solution, shaped like `rhs`.
   """
   vector = rhs.ndim == chol.ndim - 1
-  b = rhs[..., None] if vector else rhs
+  y = forward_substitution(chol, rhs[..., None] if vector else rhs)
   n = chol.shape[-1]
-  pivots = jnp.diagonal(chol, axis1=-2, axis2=-1)[..., None]               # [..., n, 1]
-  safe = jnp.where(pivots != 0, pivots, 1)
-
-  def forward(i, y):     # y_i = (b_i − L_i,:<i y_:<i) / L_ii; entries ≥ i of y are 0
-    value = (b[..., i, :] - jnp.einsum("...k,...kr->...r", chol[..., i, :], y))
-    return y.at[..., i, :].set(jnp.where(pivots[..., i, :] != 0, value / safe[..., i, :], 0))
 
   def backward(t, x):    # x_i = (y_i − L_:>i,iᵀ x_:>i) / L_ii, i = n−1 … 0
     i = n - 1 - t
-    value = (y[..., i, :] - jnp.einsum("...k,...kr->...r", chol[..., :, i], x))
-    return x.at[..., i, :].set(jnp.where(pivots[..., i, :] != 0, value / safe[..., i, :], 0))
+    value = y[..., i, :] - jnp.einsum("...k,...kr->...r", chol[..., :, i], x)
+    return x.at[..., i, :].set(_pivot_divide(value, chol[..., i, i, None]))
 
-  y = jax.lax.fori_loop(0, n, forward, jnp.zeros_like(b))
-  x = jax.lax.fori_loop(0, n, backward, jnp.zeros_like(b))
+  x = jax.lax.fori_loop(0, n, backward, jnp.zeros_like(y))
   return x[..., 0] if vector else x
 
 

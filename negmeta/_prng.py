@@ -121,9 +121,14 @@ def wishart_factor(key: jax.Array, dim: int, df: int,
   return wishart_factors(key, [(dim, df)], batch_shape, dtype)[0]
 
 
+def _factor_normals(dim: int, df: int) -> int:
+  """Normals in one factor: below-diagonal (Bartlett) or all dim·df entries."""
+  return dim * df if df < dim else dim * (dim - 1) // 2
+
+
 def wishart_num_normals(specs: Sequence[tuple[int, int]]) -> int:
   """The number of standard normals `wishart_factors(…, specs)` uses per batch element."""
-  return sum(dim * df if df < dim else dim * (dim - 1) // 2 for dim, df in specs)
+  return sum(_factor_normals(dim, df) for dim, df in specs)
 
 
 def wishart_factors(key: jax.Array, specs: Sequence[tuple[int, int]],
@@ -149,7 +154,7 @@ def wishart_factors(key: jax.Array, specs: Sequence[tuple[int, int]],
     One [*batch_shape, dim, min(dim, df)] array per spec.
   """
   k_off, k_diag = jax.random.split(key)
-  sizes = [dim * df if df < dim else dim * (dim - 1) // 2 for dim, df in specs]
+  sizes = [_factor_normals(dim, df) for dim, df in specs]
   if normal_draws is None:
     normal_draws, = normals(k_off, [batch_shape + (sum(sizes),)], dtype)
   flat = normal_draws

@@ -406,8 +406,8 @@ def protocol_generators(omega_ref: jax.Array, basis: jax.Array, coords: jax.Arra
 def append_cholesky(chol_q: jax.Array, qa: jax.Array, aa: jax.Array) -> jax.Array:
   """`psd_cholesky` of [[QᵀQ, Qᵀa], [aᵀQ, aᵀa]] from that of QᵀQ, for many a.
 
-  One forward substitution per a (pure jnp, see `psd_cholesky`); a zero pivot
-  of QᵀQ gives a zero entry, as `psd_cholesky` of the whole matrix would.
+  One forward substitution for all a (`_linalg.forward_substitution`); a zero
+  pivot of QᵀQ gives a zero entry, as `psd_cholesky` of the whole matrix would.
 
   Args:
     chol_q: L_Q with L_Q L_Qᵀ = QᵀQ, [k, k].
@@ -418,14 +418,9 @@ def append_cholesky(chol_q: jax.Array, qa: jax.Array, aa: jax.Array) -> jax.Arra
     [..., k+1, k+1].
   """
   k = chol_q.shape[-1]
-  pivots = jnp.diagonal(chol_q)
-
-  def entry(i, row):
-    # row[j] = 0 for j ≥ i and chol_q[i, j] = 0 for j > i.
-    value = (qa[..., i] - row @ chol_q[i]) / jnp.where(pivots[i] > 0, pivots[i], 1)
-    return row.at[..., i].set(jnp.where(pivots[i] > 0, value, 0))
-
-  row = jax.lax.fori_loop(0, k, entry, jnp.zeros_like(qa)) if k else qa
+  # The new row l solves L_Q l = Qᵀa (all a at once, as columns).
+  row = (_linalg.forward_substitution(chol_q, qa.reshape(-1, k).T).T.reshape(qa.shape)
+         if k else qa)
   corner = jnp.sqrt(jnp.maximum(aa - jnp.sum(row**2, axis=-1), 0))
   top = jnp.broadcast_to(jnp.pad(chol_q, ((0, 0), (0, 1))), qa.shape[:-1] + (k, k + 1))
   bottom = jnp.concatenate([row, corner[..., None]], axis=-1)[..., None, :]

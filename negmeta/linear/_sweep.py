@@ -150,10 +150,10 @@ Args:
 
 @jax.jit
 def _expected_distances(keys, problem, alpha_t):
-  def one(key):
+  def one(key):   # the meta-training draw of `simulate_run`
     train = _sampler.sample_meta_training(jax.random.split(key)[0], problem)
     return _maml.expected_distance_given_inputs(train, problem, alpha_t)
-  return jax.vmap(one)(keys)
+  return jax.lax.map(jax.vmap(one), keys)      # keys [n, B]: n batches in sequence
 
 
 def expected_distances(problem: problems.MixedLinearRegression, alpha_t, *,
@@ -174,10 +174,9 @@ def expected_distances(problem: problems.MixedLinearRegression, alpha_t, *,
   """
   alpha_t = jnp.atleast_1d(jnp.asarray(alpha_t, problem.w0.dtype))
   b = min(batch_size, runs)
-  # One vmapped batch per call (the conditional estimator's inputs only).
-  out = [np.asarray(_expected_distances(run_keys(seed, first, b), problem, alpha_t))
-         for first in range(0, runs, b)]
-  return np.concatenate(out)[:runs]
+  n = math.ceil(runs / b)
+  out = _expected_distances(run_keys(seed, 0, n * b).reshape(n, b), problem, alpha_t)
+  return np.asarray(out).reshape(n * b, -1)[:runs]
 
 
 def run_keys(seed: int, start: int, count: int) -> jax.Array:
