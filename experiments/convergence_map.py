@@ -46,6 +46,7 @@ flags.DEFINE_string("beta_num", None, f"Number of β values, log-spaced "
 flags.DEFINE_string("iterations", None, f"Outer steps per run "
                     f"(1 .. {experiment.MAX_ITERATIONS}).")
 flags.DEFINE_string("seed", None, "PRNG seed of the data (0 .. 2^31-1).")
+_SHARD = cli.define_shard_flag("the map's cells")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created if needed).")
 
 _REAL_FLAGS = ("alpha_min", "alpha_max", "beta_min", "beta_max")
@@ -76,7 +77,7 @@ def config_from_flags() -> experiment.ConvergenceMapConfig:
 
 def main(argv):
   config, workdir = cli.start("convergence_map", argv, _WORKDIR.value, config_from_flags)
-  result = experiment.run(config, log=print)
+  result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value))
   paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)
 

@@ -25,7 +25,6 @@ import shutil
 from absl import app, flags
 
 from negmeta import cli
-from negmeta import linear
 from negmeta.linear import experiment
 
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
@@ -55,8 +54,7 @@ flags.DEFINE_integer("batch_size", None, "Runs vmapped together (0 = automatic).
 flags.DEFINE_integer("chunk_runs", None, "Runs per compiled call, each saved to "
                      "<workdir>/chunks so an interrupted sweep resumes (0 = all).")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Simulation float type.")
-_SHARD = flags.DEFINE_bool("shard", False, "Shard runs over all local devices "
-                           "(GPUs/TPUs, or CPU devices faked with XLA_FLAGS).")
+_SHARD = cli.define_shard_flag("runs")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created if needed).")
 
 _CONFIG_FLAGS = ("p", "n_t", "n_v", "n_r", "m", "sigma", "nu", "w0", "omega0",
@@ -81,7 +79,7 @@ def config_from_flags() -> experiment.LinearSweepConfig:
 def main(argv):
   config, workdir = cli.start("linear_sweep", argv, _WORKDIR.value, config_from_flags)
   chunks = os.path.join(workdir, "chunks") if config.chunk_runs else None
-  mesh = linear.runs_mesh() if _SHARD.value else None
+  mesh = cli.mesh_from_flag(_SHARD.value, axis_name="runs")
   result = experiment.run(config, store_dir=chunks, mesh=mesh, log=print)
   paths = experiment.save(result, workdir)
   if chunks:

@@ -72,6 +72,7 @@ flags.DEFINE_integer("chunk_members", None, "Grid members per compiled call, eac
 flags.DEFINE_enum("remat", None, list(experiment.REMAT),
                   "Inner-loop rematerialization.")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Float type.")
+_SHARD = cli.define_shard_flag("grid members (and their evaluation)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created if needed).")
 
 _CONFIG_FLAGS = ("iterations", "meta_batch", "k_support", "k_query",
@@ -99,7 +100,7 @@ def main(argv):
   config, workdir = cli.start("sinusoid", argv, _WORKDIR.value, config_from_flags)
   chunks = os.path.join(workdir, "chunks") if config.chunk_members else None
   result = experiment.run(config, preset_name=_PRESET.value, store_dir=chunks,
-                          log=print)
+                          log=print, mesh=cli.mesh_from_flag(_SHARD.value))
   paths = experiment.save(result, workdir)
   if chunks:
     shutil.rmtree(chunks, ignore_errors=True)   # superseded by runs.npz

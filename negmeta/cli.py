@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from negmeta import _checks, io
+from negmeta import _checks, io, sharding
 
 
 @contextlib.contextmanager
@@ -89,3 +89,17 @@ def report(table: str, paths: dict[str, str]) -> None:
   print(table)
   for kind, path in paths.items():
     print(f"wrote {kind}: {path}")
+
+
+def define_shard_flag(members: str):
+  """The ``--shard`` flag of a binary: split `members` over all local devices."""
+  from absl import flags  # local: the library itself does not need absl.
+  return flags.DEFINE_bool(
+      "shard", False, f"Split {members} over all local devices (GPUs/TPUs, or "
+      "CPU devices faked with XLA_FLAGS=--xla_force_host_platform_device_count=N); "
+      "same values as unsharded.")
+
+
+def mesh_from_flag(shard: bool, axis_name: str = "members"):
+  """A 1-D mesh over all local devices when ``--shard`` is set, else None."""
+  return sharding.device_mesh(axis_name=axis_name) if shard else None

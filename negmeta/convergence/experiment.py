@@ -270,7 +270,7 @@ def _tightening(alpha, eb, predicted_beta_c, takagi_beta_c) -> dict[str, Any] | 
           "takagi_beta_c_at_alpha_min": float(takagi_beta_c[0])}
 
 
-def _run_linear(config, alpha, beta, key, log):
+def _run_linear(config, alpha, beta, key, log, mesh):
   p = config.problem
   dtype = jnp.dtype(config.dtype)
   if config.preset == "takagi_linear":
@@ -286,7 +286,7 @@ def _run_linear(config, alpha, beta, key, log):
   runs = _np(maps.run_map(cproblems.linear_apply, cast(problem.theta0),
                           cast(problem.batch), jnp.asarray(alpha, dtype),
                           jnp.asarray(beta, dtype), method=config.method,
-                          iterations=config.iterations))
+                          iterations=config.iterations, mesh=mesh))
   t_map = time.perf_counter() - start
   if log:
     log(f"map: {alpha.size}×{beta.size} runs × {config.iterations} steps in "
@@ -348,7 +348,7 @@ def _run_linear(config, alpha, beta, key, log):
   return arrays, summary, t_map, t_theory
 
 
-def _run_sinusoid(config, alpha, beta, key, log):
+def _run_sinusoid(config, alpha, beta, key, log, mesh):
   p = config.problem
   dtype = jnp.dtype(config.dtype)
   k_data, k_init, k_lanczos = jax.random.split(key, 3)
@@ -359,7 +359,7 @@ def _run_sinusoid(config, alpha, beta, key, log):
   start = time.perf_counter()
   runs = _np(maps.run_map(models.mlp_apply, init, pool, jnp.asarray(alpha, dtype),
                           jnp.asarray(beta, dtype), method=config.method,
-                          iterations=config.iterations))
+                          iterations=config.iterations, mesh=mesh))
   t_map = time.perf_counter() - start
   if log:
     log(f"map: {alpha.size}×{beta.size} runs × {config.iterations} steps in "
@@ -482,13 +482,15 @@ def _run_sinusoid(config, alpha, beta, key, log):
   return arrays, summary, t_map, t_theory
 
 
-def run(config: ConvergenceMapConfig, *, log: Callable[[str], None] | None = None
-        ) -> ConvergenceMapResult:
+def run(config: ConvergenceMapConfig, *, log: Callable[[str], None] | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> ConvergenceMapResult:
   """Runs the map of `config` (one compiled call) and its predictions.
 
   Args:
     config: a ConvergenceMapConfig (validated here).
     log: optional progress printer.
+    mesh: optional 1-D device mesh (`negmeta.sharding.device_mesh`) to split
+      the map's cells over; same values as without.
 
   Returns:
     ConvergenceMapResult.
@@ -499,7 +501,7 @@ def run(config: ConvergenceMapConfig, *, log: Callable[[str], None] | None = Non
   with jax.enable_x64(True):
     key = jax.random.key(config.seed)
     runner = _run_sinusoid if config.preset == "sinusoid" else _run_linear
-    arrays, summary, t_map, t_theory = runner(config, alpha, beta, key, log)
+    arrays, summary, t_map, t_theory = runner(config, alpha, beta, key, log, mesh)
   counts = np.bincount(arrays["empirical_class"].ravel(), minlength=3)
   summary = {"counts": dict(zip(maps.CLASS_NAMES, map(int, counts))), **summary}
   arrays = {"alpha": alpha, "beta": beta, **arrays}

@@ -36,7 +36,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.typing import ArrayLike
 
-from negmeta import _checks, maml
+from negmeta import _checks, maml, sharding
 
 MAML = "maml"
 FOMAML = "fomaml"
@@ -118,8 +118,8 @@ class MapRuns(NamedTuple):
 def map_kernel(apply_fn: Callable[[Any, jax.Array], jax.Array], init_params: Any,
                batch: maml.TaskBatch, alpha: jax.Array, beta: jax.Array, *,
                method: str, iterations: int,
-               loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = maml.mse
-               ) -> MapRuns:
+               loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = maml.mse,
+               mesh: jax.sharding.Mesh | None = None) -> MapRuns:
   """All A·B full-batch outer-loop runs of an (α, β) grid, vmapped (un-jitted core).
 
   Args:
@@ -131,12 +131,15 @@ def map_kernel(apply_fn: Callable[[Any, jax.Array], jax.Array], init_params: Any
     method: "maml" or "fomaml" (static).
     iterations: outer steps per run (static).
     loss_fn: ``loss_fn(y_hat, y) -> []`` for inner and query losses.
+    mesh: optional 1-D device mesh (static; `negmeta.sharding.device_mesh`):
+      the A·B cells are split over its devices. Same values as without.
 
   Returns:
     MapRuns with [A, B] leading axes.
   """
   first_order = _checks.choice("method", method, METHODS) == FOMAML
-  a_flat, b_flat = maml.grid_product(alpha, beta)
+  (a_flat, b_flat), cells = sharding.shard_members(maml.grid_product(alpha, beta),
+                                                   mesh)
   result = maml.meta_train_grid(
       apply_fn, lambda _: init_params, optax.sgd(1.0), lambda _: batch, a_flat,
       b_flat, jnp.zeros(a_flat.shape, jnp.int32), num_steps=iterations, steps=1,
@@ -153,7 +156,7 @@ def map_kernel(apply_fn: Callable[[Any, jax.Array], jax.Array], init_params: Any
       init_params, a_flat)
   bad = result.diverged
   shape = (alpha.shape[0], beta.shape[0])
-  grid = lambda x: x.reshape(shape + x.shape[1:])
+  grid = lambda x: x[:cells].reshape(shape + x.shape[1:])   # drops mesh padding
   nan_where_bad = lambda x: grid(jnp.where(bad, jnp.nan, x))
   return MapRuns(
       final_loss=nan_where_bad(final_loss), initial_loss=grid(initial_loss),
@@ -165,7 +168,7 @@ def map_kernel(apply_fn: Callable[[Any, jax.Array], jax.Array], init_params: Any
 
 # One compiled function per (model, method, iterations, grid shape, data shape).
 run_map = jax.jit(map_kernel, static_argnames=("apply_fn", "method", "iterations",
-                                               "loss_fn"))
+                                               "loss_fn", "mesh"))
 
 
 def classify(final: ArrayLike, initial: ArrayLike, nonfinite: ArrayLike,

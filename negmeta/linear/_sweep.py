@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from negmeta import io, problems, stats
+from negmeta import io, problems, sharding, stats
 from negmeta.linear import _maml, _sampler
 
 
@@ -190,11 +190,10 @@ def runs_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D mesh named "runs" over `devices` (default: all), with Auto sharding.
 
   Auto (GSPMD) axes let XLA propagate the run sharding through the kernel; the
-  sweep shards each batch of vmapped runs over the mesh.
+  sweep shards each batch of vmapped runs over the mesh
+  (`negmeta.sharding.device_mesh` with the axis named "runs").
   """
-  devices = list(devices) if devices is not None else jax.devices()
-  return jax.make_mesh((len(devices),), ("runs",),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+  return sharding.device_mesh(devices, axis_name="runs")
 
 
 def default_batch_size(problem: problems.MixedLinearRegression, grid_size: int,

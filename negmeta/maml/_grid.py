@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
+from negmeta import sharding
 from negmeta.maml import _inner
 from negmeta.maml import _train
 from negmeta.maml._inner import ApplyFn, LossFn, Params
@@ -46,7 +47,8 @@ def meta_train_grid(apply_fn: ApplyFn, init_fn: InitFn,
                     sample_batch: _train.BatchSampler, alpha: Any,
                     meta_lr: ArrayLike, seed: ArrayLike, *, num_steps: int,
                     steps: int, first_order: bool = False, remat: bool | str = False,
-                    learn_alpha: bool = False, loss_fn: LossFn = _inner.mse
+                    learn_alpha: bool = False, loss_fn: LossFn = _inner.mse,
+                    mesh: jax.sharding.Mesh | None = None
                     ) -> _train.MetaTrainResult:
   """Runs G independent meta-training runs as one vmapped computation.
 
@@ -78,6 +80,10 @@ def meta_train_grid(apply_fn: ApplyFn, init_fn: InitFn,
     remat: rematerialization of the inner loop (see `inner_loop`).
     learn_alpha: meta-learn α too (Meta-SGD).
     loss_fn: ``loss_fn(y_hat, y) -> []``.
+    mesh: optional 1-D device mesh (`negmeta.sharding.device_mesh`): the
+      members are split over its devices (padded to a multiple of them with
+      copies of the last member, which are dropped). Same values as without;
+      under `jax.jit`, pass it as a static argument.
 
   Returns:
     `MetaTrainResult` with a leading [G] axis on every leaf: final states,
@@ -92,4 +98,9 @@ def meta_train_grid(apply_fn: ApplyFn, init_fn: InitFn,
         first_order=first_order, remat=remat, learn_alpha=learn_alpha,
         loss_fn=loss_fn)
 
-  return jax.vmap(one_run)(alpha, jnp.asarray(meta_lr), jnp.asarray(seed))
+  members, size = sharding.shard_members(
+      (alpha, jnp.asarray(meta_lr), jnp.asarray(seed)), mesh)
+  result = jax.vmap(one_run)(*members)
+  if mesh is None:
+    return result
+  return jax.tree.map(lambda x: x[:size], result)

@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 from negmeta import maml
 from negmeta.maml import _inner as maml_inner
 from negmeta import models
+from negmeta import sharding
 from negmeta.tasks import sinusoid as tasks
 
 # The evaluation tasks of seed s come from fold_in(key(s), EVAL_STREAM); the
@@ -35,7 +36,7 @@ EVAL_STREAM = 0x7E57
 STATIC_ARGNAMES = ("iterations", "meta_batch", "k_support", "k_query",
                    "inner_steps", "first_order", "remat", "test_tasks",
                    "eval_shots", "eval_steps", "test_points", "dense_points",
-                   "eval_batch")
+                   "eval_batch", "mesh")
 
 
 class GridOutputs(NamedTuple):
@@ -100,7 +101,8 @@ def eval_tasks(seed: jax.Array, *, test_tasks: int, eval_shots: int,
 def evaluate_members(params: models.MLPParams, seeds: jax.Array,
                      alpha_r: jax.Array, *, test_tasks: int, eval_shots: int,
                      eval_steps: int, test_points: int, dense_points: int,
-                     eval_batch: int) -> tuple[jax.Array, jax.Array]:
+                     eval_batch: int, mesh: jax.sharding.Mesh | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
   """Finn et al.'s test protocol for every (member, α_r) pair.
 
   Each test task is fine-tuned on the same `eval_shots` points for
@@ -113,7 +115,10 @@ def evaluate_members(params: models.MLPParams, seeds: jax.Array,
     alpha_r: adaptation rates, [R].
     test_tasks, eval_shots, eval_steps, test_points, dense_points: the
       protocol (static).
-    eval_batch: pairs evaluated together (static).
+    eval_batch: pairs evaluated together (static; with a mesh, rounded up to
+      a multiple of its devices).
+    mesh: optional 1-D device mesh (static): each batch of pairs is split
+      over its devices.
 
   Returns:
     (query [G, R, T, S+1], dense [G, R, T, S+1] or [G, R, T, 0]).
@@ -125,7 +130,7 @@ def evaluate_members(params: models.MLPParams, seeds: jax.Array,
   # Pad the pairs to whole batches: `lax.map` would otherwise compile a
   # second copy of the evaluation for the remainder.
   num_pairs = member.shape[0]
-  batch = min(eval_batch, num_pairs)
+  batch = sharding.padded_size(min(eval_batch, num_pairs), mesh)
   padded = -(-num_pairs // batch) * batch
   member = jnp.pad(member, (0, padded - num_pairs), mode="edge")
   rate = jnp.pad(rate, (0, padded - num_pairs), mode="edge")
@@ -139,7 +144,13 @@ def evaluate_members(params: models.MLPParams, seeds: jax.Array,
     return _adapt_and_record(p, alpha_r[r], protocol, dense, steps=eval_steps,
                              with_dense=dense_points > 0)
 
-  query, dense = jax.lax.map(one_pair, (member, rate), batch_size=batch)
+  def one_batch(indices):   # what lax.map(…, batch_size=batch) does, sharded
+    indices, _ = sharding.shard_members(indices, mesh)
+    return jax.vmap(one_pair)(indices)
+
+  query, dense = jax.lax.map(
+      one_batch, (member.reshape(-1, batch), rate.reshape(-1, batch)))
+  query, dense = (a.reshape((padded,) + a.shape[2:]) for a in (query, dense))
   shape = (num_members, num_rates, test_tasks)
   return (query[:num_pairs].reshape(shape + query.shape[2:]),
           dense[:num_pairs].reshape(shape + dense.shape[2:]))
@@ -180,7 +191,8 @@ def _train_and_evaluate(alpha_t: jax.Array, seeds: jax.Array,
                         k_query: int, inner_steps: int, first_order: bool,
                         remat: str, test_tasks: int, eval_shots: int,
                         eval_steps: int, test_points: int, dense_points: int,
-                        eval_batch: int) -> GridOutputs:
+                        eval_batch: int, mesh: jax.sharding.Mesh | None = None
+                        ) -> GridOutputs:
   """Meta-trains G members and evaluates each at R adaptation rates.
 
   Member g meta-trains from ``mlp_init`` with inner rate ``alpha_t[g]`` and
@@ -202,6 +214,9 @@ def _train_and_evaluate(alpha_t: jax.Array, seeds: jax.Array,
     remat: inner-loop rematerialization mode (static; see `maml.inner_loop`).
     test_tasks, eval_shots, eval_steps, test_points, dense_points, eval_batch:
       evaluation (static; see `evaluate_members`).
+    mesh: optional 1-D device mesh (static; `negmeta.sharding.device_mesh`):
+      members, and each batch of evaluated pairs, are split over its devices.
+      Same values as without.
 
   Returns:
     `GridOutputs`.
@@ -211,25 +226,26 @@ def _train_and_evaluate(alpha_t: jax.Array, seeds: jax.Array,
                               meta_batch=meta_batch, k_support=k_support,
                               k_query=k_query, dtype=dtype)
   init_fn = functools.partial(models.mlp_init, dtype=dtype)
-  num_members = alpha_t.shape[0]
+  (alpha_t, seeds), num_members = sharding.shard_members((alpha_t, seeds), mesh)
   trained = maml.meta_train_grid(
       models.mlp_apply, init_fn, optax.adam(1.0), sampler, alpha_t,
-      jnp.broadcast_to(jnp.asarray(meta_lr, dtype), (num_members,)), seeds,
+      jnp.broadcast_to(jnp.asarray(meta_lr, dtype), seeds.shape), seeds,
       num_steps=iterations, steps=inner_steps, first_order=first_order,
       remat=remat)
   params = trained.state.params
   query, dense = evaluate_members(
       params, seeds, alpha_r.astype(dtype), test_tasks=test_tasks,
       eval_shots=eval_shots, eval_steps=eval_steps, test_points=test_points,
-      dense_points=dense_points, eval_batch=eval_batch)
+      dense_points=dense_points, eval_batch=eval_batch, mesh=mesh)
   # A diverged member's frozen state is not a trained model: no evaluation.
   bad = trained.diverged[:, None, None, None]
   query = jnp.where(bad, jnp.nan, query)
   dense = jnp.where(bad, jnp.nan, dense)
   flat = jax.vmap(lambda p: ravel_pytree(p)[0])(params)
-  return GridOutputs(query=query, dense=dense, train_losses=trained.losses,
-                     diverged=trained.diverged,
-                     diverged_step=trained.diverged_step, params=flat)
+  out = GridOutputs(query=query, dense=dense, train_losses=trained.losses,
+                    diverged=trained.diverged,
+                    diverged_step=trained.diverged_step, params=flat)
+  return jax.tree.map(lambda x: x[:num_members], out)   # drops mesh padding
 
 
 train_and_evaluate = jax.jit(_train_and_evaluate,
@@ -237,7 +253,7 @@ train_and_evaluate = jax.jit(_train_and_evaluate,
 evaluate_members_jit = jax.jit(
     evaluate_members, static_argnames=("test_tasks", "eval_shots",
                                        "eval_steps", "test_points",
-                                       "dense_points", "eval_batch"))
+                                       "dense_points", "eval_batch", "mesh"))
 
 
 def unravel_params(flat: jax.Array, dtype) -> models.MLPParams:

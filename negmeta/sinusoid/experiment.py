@@ -333,7 +333,8 @@ def run_identity(config: SinusoidConfig) -> dict[str, Any]:
 
 def run(config: SinusoidConfig, *, preset_name: str | None = None,
         store_dir: str | None = None,
-        log: Callable[[str], None] | None = None) -> SinusoidResult:
+        log: Callable[[str], None] | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> SinusoidResult:
   """Meta-trains and evaluates the whole grid of `config`.
 
   Members (α_t, seed) run in one compiled call, or `chunk_members` at a time
@@ -345,6 +346,9 @@ def run(config: SinusoidConfig, *, preset_name: str | None = None,
     preset_name: the preset `config` came from, for the record.
     store_dir: directory for finished chunks (resumable runs).
     log: optional progress printer.
+    mesh: optional 1-D device mesh (`negmeta.sharding.device_mesh`): each
+      chunk's members, and their evaluation, are split over its devices.
+      Same values as without.
 
   Returns:
     SinusoidResult.
@@ -361,7 +365,7 @@ def run(config: SinusoidConfig, *, preset_name: str | None = None,
   num_chunks = -(-num_members // chunk)
   store = (io.ChunkStore(store_dir, io.fingerprint(run_identity(config)))
            if store_dir is not None else None)
-  static = _static_args(config)
+  static = dict(_static_args(config), mesh=mesh)
   start = time.perf_counter()
   compile_seconds, resumed, parts = 0.0, 0, []
   with jax.enable_x64(config.dtype == "float64"):
