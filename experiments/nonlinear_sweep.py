@@ -62,6 +62,7 @@ flags.DEFINE_integer("seed", None, "Base PRNG seed (0 .. 2^31-1).")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Network / training float type.")
 flags.DEFINE_integer("grid_batch", None, "α_t values meta-trained together (>= 1).")
 flags.DEFINE_integer("eval_batch", None, "Trained networks evaluated together (>= 1).")
+_SHARD = cli.define_shard_flag("runs of the network stages (the NTK stages run unsharded)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created if needed).")
 
 _CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(experiment.NonlinearSweepConfig)
@@ -87,7 +88,7 @@ def config_from_flags() -> experiment.NonlinearSweepConfig:
 
 def main(argv):
   config, workdir = cli.start("nonlinear_sweep", argv, _WORKDIR.value, config_from_flags)
-  result = experiment.run(config, log=print)
+  result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value))
   paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)
 

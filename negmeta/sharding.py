@@ -80,3 +80,34 @@ def shard_members(tree: Any, mesh: Mesh | None) -> tuple[Any, int]:
   mesh = device_mesh(mesh.devices.flat, mesh.axis_names[0])
   padded = pad_leading(tree, padded_size(size, mesh))
   return jax.lax.with_sharding_constraint(padded, leading_sharding(mesh)), size
+
+
+def batched_map(fn, xs: Any, batch_size: int, mesh: Mesh | None = None) -> Any:
+  """`lax.map` of `fn` over members in vmapped batches, each split over `mesh`.
+
+  Like ``jax.lax.map(fn, xs, batch_size=batch_size)``, but the members are
+  padded to whole batches (copies of the last member, dropped from the output)
+  so one compiled body serves every batch, and with a mesh each batch (its size
+  rounded up to a multiple of the devices) is split over the devices.
+
+  Args:
+    fn: function of one member's slice of `xs`.
+    xs: a tree of [M, ...] arrays.
+    batch_size: members per batch (≥ 1; capped at M).
+    mesh: optional 1-D mesh.
+
+  Returns:
+    fn's outputs stacked along a leading [M] axis.
+  """
+  size = jax.tree.leaves(xs)[0].shape[0]
+  batch = padded_size(min(batch_size, size), mesh)
+  padded = math.ceil(size / batch) * batch
+  xs = jax.tree.map(lambda x: x.reshape((padded // batch, batch) + x.shape[1:]),
+                    pad_leading(xs, padded))
+
+  def one_batch(members):
+    members, _ = shard_members(members, mesh)
+    return jax.vmap(fn)(members)
+
+  out = jax.lax.map(one_batch, xs)
+  return jax.tree.map(lambda y: y.reshape((padded,) + y.shape[2:])[:size], out)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from negmeta import maml
+from negmeta import maml, sharding
 from negmeta.maml import TaskBatch
 from negmeta.nonlinear import _model, _tasks, ntk
 
@@ -241,7 +241,8 @@ def ntk_paths(keys: jax.Array, problem: _tasks.QuadraticProblem,
 
 def _train_grid(keys: jax.Array, problem: _tasks.QuadraticProblem,
                 alpha_t: jax.Array, meta_lr: jax.Array,
-                sizes: Sizes) -> maml.MetaTrainResult:
+                sizes: Sizes, mesh: jax.sharding.Mesh | None = None
+                ) -> maml.MetaTrainResult:
   """Meta-trains the network at every (α_t, run) in one compiled call (`train`).
 
   Each member is `negmeta.maml.meta_train` (one inner step at rate α_t,
@@ -255,10 +256,13 @@ def _train_grid(keys: jax.Array, problem: _tasks.QuadraticProblem,
     alpha_t: [G].
     meta_lr: outer rate β per run and grid value, [R, G].
     sizes: static sizes.
+    mesh: optional 1-D device mesh (static; `negmeta.sharding.device_mesh`):
+      the runs are split over its devices. Same values as without.
 
   Returns:
     `negmeta.maml.MetaTrainResult` with leading axes [G, R].
   """
+  (keys, meta_lr), num_runs = sharding.shard_members((keys, meta_lr), mesh)
   apply = apply_fn(sizes)
   opt = optimizer(sizes)
   runs = jax.vmap(lambda k: make_run(k, problem, sizes))(keys)
@@ -275,11 +279,12 @@ def _train_grid(keys: jax.Array, problem: _tasks.QuadraticProblem,
 
     return jax.vmap(one_run)(runs.params0, runs.train, lrs)
 
-  return jax.lax.map(one_alpha, (alpha_t, meta_lr.T),
-                     batch_size=min(sizes.grid_batch, alpha_t.shape[0]))
+  result = jax.lax.map(one_alpha, (alpha_t, meta_lr.T),
+                       batch_size=min(sizes.grid_batch, alpha_t.shape[0]))
+  return jax.tree.map(lambda x: x[:, :num_runs], result)   # drops mesh padding
 
 
-train = jax.jit(_train_grid, static_argnames=("sizes",))
+train = jax.jit(_train_grid, static_argnames=("sizes", "mesh"))
 
 
 class TrainedEval(NamedTuple):
@@ -296,9 +301,10 @@ class TrainedEval(NamedTuple):
   predictions: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("sizes",))
+@functools.partial(jax.jit, static_argnames=("sizes", "mesh"))
 def evaluate_trained(keys: jax.Array, problem: _tasks.QuadraticProblem,
-                     params: Any, alpha_r: jax.Array, sizes: Sizes) -> TrainedEval:
+                     params: Any, alpha_r: jax.Array, sizes: Sizes,
+                     mesh: jax.sharding.Mesh | None = None) -> TrainedEval:
   """Adapts every trained network to its run's test tasks with rate α_r.
 
   Args:
@@ -307,6 +313,8 @@ def evaluate_trained(keys: jax.Array, problem: _tasks.QuadraticProblem,
     params: trained parameters with leading axes [G, R].
     alpha_r: adaptation rates, [A].
     sizes: static sizes.
+    mesh: optional 1-D device mesh (static): each batch of `sizes.eval_batch`
+      networks is split over its devices.
   """
   apply = apply_fn(sizes)
   rates = alpha_r.astype(sizes.dtype)
@@ -330,8 +338,8 @@ def evaluate_trained(keys: jax.Array, problem: _tasks.QuadraticProblem,
     adapted, unadapted, pred = jax.vmap(task)(*test)
     return jnp.mean(adapted, axis=0), jnp.mean(unadapted), pred
 
-  loss, unadapted, pred = jax.lax.map(one, (flat, run_index),
-                                      batch_size=min(sizes.eval_batch, g * r))
+  loss, unadapted, pred = sharding.batched_map(one, (flat, run_index),
+                                               sizes.eval_batch, mesh)
   shape = lambda a: a.reshape(g, r, *a.shape[1:])  # noqa: E731
   return TrainedEval(shape(loss), shape(unadapted), shape(pred))
 

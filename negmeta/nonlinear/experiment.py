@@ -307,12 +307,17 @@ def optimum_of(values: np.ndarray, grid_values: np.ndarray, *, zero_index: int,
 
 
 def run(config: NonlinearSweepConfig, *,
-        log: Callable[[str], None] | None = None) -> NonlinearSweepResult:
+        log: Callable[[str], None] | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> NonlinearSweepResult:
   """Runs the sweep of `config` (each stage one compiled call).
 
   Args:
     config: a NonlinearSweepConfig (validated here).
     log: optional progress printer.
+    mesh: optional 1-D device mesh (`negmeta.sharding.device_mesh`): the
+      network stages (meta-training, evaluation) split the runs over its
+      devices; the NTK stages, which call LAPACK, run unsharded. Same values
+      as without.
 
   Returns:
     NonlinearSweepResult.
@@ -322,9 +327,9 @@ def run(config: NonlinearSweepConfig, *,
   sizes = sizes_of(config)
   seconds: dict[str, float] = {}
 
-  def timed(name, fn, *args):
+  def timed(name, fn, *args, **kwargs):
     start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
+    out = jax.block_until_ready(fn(*args, **kwargs))
     seconds[name] = time.perf_counter() - start
     say(f"{name}: {seconds[name]:.1f} s")
     return out
@@ -346,10 +351,11 @@ def run(config: NonlinearSweepConfig, *,
                             alpha_t, meta_lr, sizes)
     say(f"meta-training {len(grid_values)} α_t × {config.seeds} runs × "
         f"{config.num_steps} steps (one compiled call)")
-    trained = timed("train", _study.train, keys, problem, alpha_t, meta_lr, sizes)
+    trained = timed("train", _study.train, keys, problem, alpha_t, meta_lr, sizes,
+                    mesh=mesh)
     ev = timed("evaluate_trained", _study.evaluate_trained, keys, problem,
                trained.state.params, jnp.asarray(alpha_r, jnp.dtype(config.dtype)),
-               sizes)
+               sizes, mesh=mesh)
     deltas = jnp.concatenate([sol.delta, paths], axis=1)
     nev = timed("evaluate_ntk", _study.evaluate_ntk, keys, problem, deltas,
                 jnp.asarray(alpha_r, jnp.float64), sizes)

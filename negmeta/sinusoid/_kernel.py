@@ -107,7 +107,8 @@ def evaluate_members(params: models.MLPParams, seeds: jax.Array,
 
   Each test task is fine-tuned on the same `eval_shots` points for
   `eval_steps` SGD steps at α_r; the query loss is recorded after each step.
-  Pairs run `eval_batch` at a time (`lax.map`), which bounds memory.
+  Pairs run `eval_batch` at a time (`sharding.batched_map`), which bounds
+  memory.
 
   Args:
     params: meta-parameters with a leading member axis [G, ...].
@@ -127,13 +128,6 @@ def evaluate_members(params: models.MLPParams, seeds: jax.Array,
   dtype = alpha_r.dtype
   member, rate = (a.reshape(-1) for a in jnp.meshgrid(
       jnp.arange(num_members), jnp.arange(num_rates), indexing="ij"))
-  # Pad the pairs to whole batches: `lax.map` would otherwise compile a
-  # second copy of the evaluation for the remainder.
-  num_pairs = member.shape[0]
-  batch = sharding.padded_size(min(eval_batch, num_pairs), mesh)
-  padded = -(-num_pairs // batch) * batch
-  member = jnp.pad(member, (0, padded - num_pairs), mode="edge")
-  rate = jnp.pad(rate, (0, padded - num_pairs), mode="edge")
 
   def one_pair(index):
     g, r = index
@@ -144,16 +138,10 @@ def evaluate_members(params: models.MLPParams, seeds: jax.Array,
     return _adapt_and_record(p, alpha_r[r], protocol, dense, steps=eval_steps,
                              with_dense=dense_points > 0)
 
-  def one_batch(indices):   # what lax.map(…, batch_size=batch) does, sharded
-    indices, _ = sharding.shard_members(indices, mesh)
-    return jax.vmap(one_pair)(indices)
-
-  query, dense = jax.lax.map(
-      one_batch, (member.reshape(-1, batch), rate.reshape(-1, batch)))
-  query, dense = (a.reshape((padded,) + a.shape[2:]) for a in (query, dense))
+  query, dense = sharding.batched_map(one_pair, (member, rate), eval_batch, mesh)
   shape = (num_members, num_rates, test_tasks)
-  return (query[:num_pairs].reshape(shape + query.shape[2:]),
-          dense[:num_pairs].reshape(shape + dense.shape[2:]))
+  return (query.reshape(shape + query.shape[2:]),
+          dense.reshape(shape + dense.shape[2:]))
 
 
 def _adapt_and_record(params: models.MLPParams, alpha: jax.Array,
