@@ -235,6 +235,20 @@ class SinusoidMapTest(absltest.TestCase):
     self.assertEqual(res.arrays["alpha"][i0], 0.0)
     self.assertAlmostEqual(res.arrays["beta_c_formula"][i0] * eig["lambda_max"], 2.0,
                            places=9)
+    # At every α, the exact MAML formula over the positive top eigenvalues
+    # (at α = 0 all formulas agree, so this is what tells them apart) ...
+    lam = np.asarray(eig["top"])
+    lam = lam[lam > 0][None, :]
+    alpha = res.arrays["alpha"][:, None]
+    np.testing.assert_allclose(res.arrays["beta_c_formula"],
+                               np.min(2.0 / (lam * (1.0 - alpha * lam) ** 2), axis=1),
+                               rtol=1e-10)
+    np.testing.assert_allclose(res.arrays["beta_c_takagi"],
+                               np.min(2.0 / (lam - alpha * lam**2), axis=1), rtol=1e-10)
+    # ... which for α < 0 is tighter than Takagi's.
+    neg = res.arrays["alpha"] < 0
+    self.assertTrue(np.all(res.arrays["beta_c_formula"][neg]
+                           < res.arrays["beta_c_takagi"][neg]))
     # At α = 0 the MAML meta-Hessian is H itself.
     np.testing.assert_allclose(res.arrays["meta_hessian_lambda_max"][i0],
                                eig["lambda_max"], rtol=1e-6)

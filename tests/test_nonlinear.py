@@ -50,6 +50,24 @@ class TasksAndModelTest(absltest.TestCase):
     expected = 0.5**2 + 0.3**2 + 0.5**2 + 0.3**2
     self.assertLess(abs(y.mean() - expected), 4 * y.std() / np.sqrt(y.size))
 
+  def test_label_noise_is_sigma_and_support_query_share_a_task(self):
+    key, n = jax.random.key(3), 3000
+    clean = nl.sample_tasks(key, _problem(d=4, sigma=0.0), n, 3, 2)
+    noisy = nl.sample_tasks(key, _problem(d=4, sigma=0.3), n, 3, 2)
+    np.testing.assert_array_equal(clean.x_support, noisy.x_support)
+    np.testing.assert_array_equal(clean.x_query, noisy.x_query)
+    # The same key draws the same tasks and inputs: the difference is the noise.
+    z = np.concatenate([np.ravel(noisy.y_support - clean.y_support),
+                        np.ravel(noisy.y_query - clean.y_query)]) / 0.3
+    self.assertLess(abs(z.mean()), 4 / np.sqrt(z.size))
+    self.assertLess(abs(z.var() - 1.0), 4 * np.sqrt(2.0 / z.size))
+    # Noise-free targets of support and query points are one task's (wᵀx + b)².
+    w, b = nl.sample_task_params(jax.random.split(key, 3)[0], _problem(d=4), n)
+    np.testing.assert_allclose(clean.y_support, nl.quadratic_targets(clean.x_support, w, b),
+                               rtol=1e-12)
+    np.testing.assert_allclose(clean.y_query, nl.quadratic_targets(clean.x_query, w, b),
+                               rtol=1e-12)
+
   def test_antisymmetric_init_is_the_zero_function(self):
     apply, params = _net(16, 3)
     x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
@@ -129,6 +147,23 @@ class ExactSolutionTest(parameterized.TestCase):
     z, _ = self.design.at(alpha)
     v, *_ = jnp.linalg.lstsq(z.T, delta)
     np.testing.assert_allclose(z.T @ v, delta, atol=1e-10 * float(jnp.linalg.norm(delta)))
+
+  @parameterized.parameters(-1.5, 0.4)
+  def test_curvatures_are_hessian_eigenvalues(self, alpha):
+    # The units of every rate (inner) and the outer step (meta) against autodiff.
+    zero = jnp.zeros_like(self.lin.flat0)
+    meta_h = jax.hessian(self._meta_loss)(zero, alpha)
+    eigs = np.linalg.eigvalsh(np.asarray(meta_h))
+    n = self.design.at(alpha)[0].shape[0]               # N = m·n_v nonzero ones
+    np.testing.assert_allclose(np.sort(ntk.meta_curvature(self.design, alpha)),
+                               eigs[-n:], rtol=1e-9)
+    self.assertLess(float(np.max(np.abs(eigs[:-n]))), 1e-9 * eigs[-1])
+    inner = ntk.inner_curvature(self.lin, self.batch.x_support)
+    for task in range(self.batch.x_support.shape[0]):
+      xs, ys = self.batch.x_support[task], self.batch.y_support[task]
+      support_loss = lambda d: _study.half_mse(self.lin.predict(d, xs), ys)  # noqa: E731,B023
+      top = np.linalg.eigvalsh(np.asarray(jax.hessian(support_loss)(zero)))[-1]
+      np.testing.assert_allclose(inner[task], top, rtol=1e-10)
 
   def test_dual_path_is_primal_heavy_ball(self):
     alpha, steps = 0.3, 25

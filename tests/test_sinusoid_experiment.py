@@ -123,6 +123,70 @@ class EstimatesTest(absltest.TestCase):
     np.testing.assert_allclose(
         e.tasks_ci95, 1.96 * pooled.std(axis=2) / np.sqrt(2 * t), rtol=1e-12)
 
+  def test_robust_estimates_match_numpy(self):
+    r = _base()
+    e = experiment.estimate(r, "protocol")
+    losses = r.query.astype(np.float64)                    # [A, S, R, T, K]
+    self.assertTrue(np.all(np.isfinite(losses)))
+    seed_median = np.median(losses, axis=3)
+    np.testing.assert_allclose(e.seed_median, seed_median, rtol=1e-12)
+    np.testing.assert_allclose(e.median, seed_median.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(
+        e.median_se, seed_median.std(axis=1, ddof=1) / np.sqrt(2), rtol=1e-12)
+    # Unstable: above UNSTABLE_FACTOR × the member's mean unadapted loss.
+    limit = experiment.UNSTABLE_FACTOR * losses[..., :1].mean(axis=3, keepdims=True)
+    unstable = losses > limit
+    np.testing.assert_array_equal(e.seed_unstable, unstable.sum(axis=3))
+    kept = np.where(unstable, np.nan, losses)
+    np.testing.assert_allclose(e.seed_stable_mean, np.nanmean(kept, axis=3),
+                               rtol=1e-12)
+    # Planted blow-ups: two tasks of one member and rate at step 2.
+    planted = r.query.copy()
+    planted[1, 0, 2, :2, 2] = 1e3
+    e2 = experiment.estimate(dataclasses.replace(r, query=planted), "protocol")
+    self.assertEqual(int(e2.seed_unstable[1, 0, 2, 2]),
+                     int(unstable[1, 0, 2, 2].sum()) + 2)
+    np.testing.assert_allclose(e2.seed_stable_mean[1, 0, 2, 2],
+                               np.mean(np.delete(losses[1, 0, 2, :, 2], [0, 1])),
+                               rtol=1e-12)
+
+  def test_optimum_is_the_argmin_of_the_mean_curve(self):
+    r = _base()
+    e = experiment.estimate(r, "auto")
+    opt = experiment.optimum(r, "auto")
+    last = r.config.eval_steps
+    self.assertLen(opt["per_alpha_r"], r.alpha_r.size)
+    for j, entry in enumerate(opt["per_alpha_r"]):
+      curve = e.mean[:, j, last]
+      i = int(np.argmin(curve))
+      self.assertEqual(entry["argmin_alpha_t"], r.alpha_t[i])
+      self.assertEqual(entry["min"], curve[i])
+      seeds = [r.alpha_t[int(np.argmin(e.seed_mean[:, s, j, last]))]
+               for s in range(r.seeds.size)]
+      self.assertEqual(entry["seed_argmins"], seeds)
+    # The planted case: make α_t = −0.02 best at every α_r.
+    shifted = r.query.copy()
+    shifted[2] *= 0.01
+    shifted_dense = r.dense.copy()
+    shifted_dense[2] *= 0.01
+    opt2 = experiment.optimum(dataclasses.replace(r, query=shifted, dense=shifted_dense))
+    self.assertEqual([x["argmin_alpha_t"] for x in opt2["per_alpha_r"]], [-0.02] * 3)
+
+  def test_refined_argmin_finds_a_parabola_vertex(self):
+    x = np.linspace(-1.0, 1.0, 9)
+    self.assertAlmostEqual(experiment._refined_argmin(x, (x - 0.1) ** 2 + 3), 0.1,
+                           places=12)
+    # Asymmetric neighbours pull the vertex towards the lower one.
+    y = np.array([9, 8, 7, 6, 5, 1, 0, 2, 9.0])
+    (x0, x1, x2), (y0, y1, y2) = x[5:8], y[5:8]
+    a = ((y2 - y1) / (x2 - x1) - (y1 - y0) / (x1 - x0)) / (x2 - x0)
+    self.assertAlmostEqual(experiment._refined_argmin(x, y),
+                           0.5 * (x0 + x1) - (y1 - y0) / (x1 - x0) / (2 * a), places=12)
+    self.assertLess(experiment._refined_argmin(x, y), x1)
+    # At a grid edge, or with a non-finite neighbour: the grid argmin.
+    self.assertEqual(experiment._refined_argmin(x, x), -1.0)
+    self.assertEqual(experiment._refined_argmin(x, np.where(x == 0.75, np.nan, y)), 0.5)
+
   def test_adaptation_lowers_the_loss_after_meta_training(self):
     r = _base()
     dense = r.dense[:, :, 1]            # α_r = 0.05: [A, S, T, steps]

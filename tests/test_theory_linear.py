@@ -137,6 +137,60 @@ class WishartMomentsTest(parameterized.TestCase):
                       msg=f"{name}: MC {mean} ± {se}, formula {float(formulas[name])}")
 
 
+def _chi2_moments(k: int, dof: int) -> list[float]:
+  """E[r^j], j = 0..k, for r ~ χ²(dof): dof(dof + 2)…(dof + 2j − 2)."""
+  return [float(np.prod([dof + 2 * i for i in range(j)])) for j in range(k + 1)]
+
+
+def _expect(poly: np.polynomial.Polynomial, moments: list[float]) -> float:
+  """E[poly(r)] from the moments of r."""
+  return float(sum(c * moments[j] for j, c in enumerate(poly.coef)))
+
+
+class WishartExactCasesTest(parameterized.TestCase):
+  """Every moment formula, noise-free, where H has a closed law.
+
+  p = 1: H = χ²(n)/n (a scalar h, A = 1 − αh). n = 1: H = xxᵀ, one eigenvalue
+  r = ‖x‖² ~ χ²(p) and p − 1 zeros, so tr A² = (1 − αr)² + p − 1.
+  """
+
+  @parameterized.parameters((1, 5, -0.7), (1, 2, 0.3), (1, 40, 1.1))
+  def test_p_equals_one(self, p, n, alpha):
+    P = np.polynomial.Polynomial
+    m = [v / n**j for j, v in enumerate(_chi2_moments(4, n))]   # E h^j
+    a = P([1.0, -alpha])                                        # A = 1 − αh
+    hh = P([0.0, 1.0])
+    expected = {
+        "mu2": _expect(hh**2, m), "mu3": _expect(hh**3, m), "mu4": _expect(hh**4, m),
+        "h": _expect(a**2, m), "gamma1": _expect(a**2 * hh, m),
+        "gamma2": _expect(hh * a**2, m), "gamma3": _expect(a**4, m),
+        "gamma4": _expect(a**4, m),
+    }
+    self._check(expected, p, n, alpha)
+
+  @parameterized.parameters((7, 1, -0.5), (30, 1, 0.2), (2, 1, 0.9))
+  def test_n_equals_one(self, p, n, alpha):
+    P = np.polynomial.Polynomial
+    m = _chi2_moments(4, p)                                     # E r^j
+    r = P([0.0, 1.0])
+    tr_a2 = P([1.0, -alpha]) ** 2 + (p - 1)
+    expected = {
+        "mu2": _expect(r**2, m) / p, "mu3": _expect(r**3, m) / p,
+        "mu4": _expect(r**4, m) / p, "h": _expect(tr_a2, m) / p,
+        "gamma1": _expect(P([1.0, -alpha]) ** 2 * r, m) / p,
+        "gamma2": _expect(r * tr_a2, m) / p**2,
+        "gamma3": _expect(tr_a2**2, m) / p**2,
+        "gamma4": _expect(P([1.0, -alpha]) ** 4 + (p - 1), m) / p,
+    }
+    self._check(expected, p, n, alpha)
+
+  def _check(self, expected, p, n, alpha):
+    for name, value in expected.items():
+      fn = getattr(_wishart, name)
+      got = fn(p, n) if name.startswith("mu") else fn(alpha, p, n)
+      np.testing.assert_allclose(float(got), value, rtol=1e-12, err_msg=name)
+
+
 class RegimeTest(absltest.TestCase):
 
   def test_interpolation_threshold_is_rejected_with_the_flag_name(self):
