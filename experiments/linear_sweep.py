@@ -27,28 +27,32 @@ from absl import app, flags
 from negmeta import cli
 from negmeta.linear import experiment
 
+_MAX, _BOUND = experiment.MAX_SIZE, experiment.MAX_VALUE
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
                             "Paper figure to reproduce (fixes the problem parameters).")
-flags.DEFINE_integer("p", None, "Input dimension = number of parameters (>= 1).")
-flags.DEFINE_integer("n_t", None, "Support points per meta-training task (>= 1).")
-flags.DEFINE_integer("n_v", None, "Query points per meta-training task (>= 1).")
-flags.DEFINE_integer("n_r", None, "Adaptation points of a new task (>= 1).")
-flags.DEFINE_integer("m", None, "Number of meta-training tasks (>= 1).")
-flags.DEFINE_float("sigma", None, "Label noise σ (>= 0).")
-flags.DEFINE_float("nu", None, "Task variability ν (>= 0).")
-flags.DEFINE_float("w0", None, "Task mean: every component of w_0.")
-flags.DEFINE_float("omega0", None, "Initial meta-parameter: every component of ω_0.")
-flags.DEFINE_float("alpha_t", None, "Meta-training inner rate (fixed when sweeping α_r).")
-flags.DEFINE_float("alpha_r", None, "Adaptation rate (fixed when sweeping α_t).")
+flags.DEFINE_integer("p", None, "Input dimension = number of parameters "
+                     f"(1 .. {experiment.MAX_P}).")
+flags.DEFINE_integer("n_t", None, f"Support points per meta-training task (1 .. {_MAX}).")
+flags.DEFINE_integer("n_v", None, f"Query points per meta-training task (1 .. {_MAX}).")
+flags.DEFINE_integer("n_r", None, f"Adaptation points of a new task (1 .. {_MAX}).")
+flags.DEFINE_integer("m", None, f"Number of meta-training tasks (1 .. {_MAX}).")
+flags.DEFINE_float("sigma", None, f"Label noise σ (0 .. {_BOUND:g}).")
+flags.DEFINE_float("nu", None, f"Task variability ν (0 .. {_BOUND:g}).")
+flags.DEFINE_float("w0", None, f"Task mean: every component of w_0 (|x| <= {_BOUND:g}).")
+flags.DEFINE_float("omega0", None, "Initial meta-parameter: every component of ω_0 "
+                   f"(|x| <= {_BOUND:g}).")
+flags.DEFINE_float("alpha_t", None, "Meta-training inner rate (fixed when sweeping α_r; "
+                   f"|x| <= {_BOUND:g}).")
+flags.DEFINE_float("alpha_r", None, f"Adaptation rate (fixed when sweeping α_t; |x| <= {_BOUND:g}).")
 flags.DEFINE_enum("sweep", None, list(experiment.SWEEPS), "Which rate the grid varies.")
 flags.DEFINE_float("grid_min", None, "Smallest swept value.")
 flags.DEFINE_float("grid_max", None, "Largest swept value.")
-flags.DEFINE_integer("grid_num", None, "Number of swept values (>= 1).")
+flags.DEFINE_integer("grid_num", None, "Number of swept values (1 .. 100000).")
 flags.DEFINE_list("grid", None, "Explicit swept values (comma-separated); "
                   "overrides --grid_min/--grid_max/--grid_num.")
-flags.DEFINE_integer("runs", None, "Independent runs (>= 2).")
-flags.DEFINE_integer("test_tasks", None, "New tasks evaluated per run (>= 1).")
-flags.DEFINE_integer("test_points", None, "Test points per new task (>= 1).")
+flags.DEFINE_integer("runs", None, f"Independent runs (2 .. {experiment.MAX_RUNS}).")
+flags.DEFINE_integer("test_tasks", None, f"New tasks evaluated per run (1 .. {_MAX}).")
+flags.DEFINE_integer("test_points", None, f"Test points per new task (1 .. {_MAX}).")
 flags.DEFINE_integer("seed", None, "Base PRNG seed (0 .. 2^31-1).")
 flags.DEFINE_integer("batch_size", None, "Runs vmapped together (0 = automatic).")
 flags.DEFINE_integer("chunk_runs", None, "Runs per compiled call, each saved to "
@@ -88,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("linear_sweep"))

@@ -78,7 +78,7 @@ def config_from_flags() -> experiment.NonlinearSweepConfig:
   base = (experiment.PRESETS[_PRESET.value] if _PRESET.value
           else dataclasses.asdict(experiment.NonlinearSweepConfig()))
   grid = cli.grid_from_flags(f, tuple(base.get(
-      "grid", experiment.NonlinearSweepConfig.grid)))
+      "grid", experiment.NonlinearSweepConfig.grid)), max_points=experiment.MAX_GRID)
   if grid is not None:
     given["grid"] = grid
   if _PRESET.value:
@@ -94,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("nonlinear_sweep"))

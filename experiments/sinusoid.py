@@ -88,7 +88,8 @@ def config_from_flags() -> experiment.SinusoidConfig:
   base = (experiment.PRESETS[_PRESET.value] if _PRESET.value
           else dataclasses.asdict(experiment.SinusoidConfig()))
   for prefix in ("alpha_t", "alpha_r"):
-    values = cli.grid_from_flags(f, tuple(base[prefix]), prefix=prefix)
+    values = cli.grid_from_flags(f, tuple(base[prefix]), prefix=prefix,
+                                 max_points=experiment.MAX_GRID)
     if values is not None:
       given[prefix] = values
   if _PRESET.value:
@@ -108,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("sinusoid"))

@@ -60,9 +60,9 @@ def real(name: str, value, *, lo: float | None = None, hi: float | None = None,
   return x
 
 
-def real_grid(name: str, values: Iterable, *, max_points: int = 100_000
-              ) -> tuple[float, ...]:
-  """Returns a non-empty tuple of finite floats, or raises ConfigError."""
+def real_grid(name: str, values: Iterable, *, max_points: int = 100_000,
+              max_abs: float | None = None) -> tuple[float, ...]:
+  """Returns a non-empty tuple of finite floats (|x| ≤ max_abs), or raises ConfigError."""
   try:
     vals = tuple(float(v) for v in values)
   except (TypeError, ValueError):
@@ -75,6 +75,10 @@ def real_grid(name: str, values: Iterable, *, max_points: int = 100_000
   bad = [v for v in vals if not math.isfinite(v)]
   if bad:
     raise ConfigError(name, f"must contain only finite values (got {bad[0]!r})")
+  big = [v for v in vals if max_abs is not None and abs(v) > max_abs]
+  if big:
+    raise ConfigError(name, f"must contain only values with |x| <= {max_abs:g} "
+                      f"(got {big[0]:g})")
   return vals
 
 

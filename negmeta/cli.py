@@ -10,6 +10,7 @@ Binaries stay thin: they read flags, build a validated config with the library's
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -32,14 +33,15 @@ def linear_grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
   return tuple(float(v) for v in np.round(np.linspace(lo, hi, num), 12))
 
 
-def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid"
-                    ) -> tuple[float, ...] | None:
+def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid",
+                    max_points: int = 100_000) -> tuple[float, ...] | None:
   """The swept grid from ``--<prefix>`` or ``--<prefix>_min/_max/_num`` flags.
 
   Args:
     flag_values: `absl.flags.FLAGS`.
     base: the default grid; unspecified bounds/count fall back to it.
     prefix: flag name prefix (e.g. "grid", "alpha_grid").
+    max_points: the most grid values allowed (checked before any is made).
 
   Returns:
     The grid, or None when no grid flag was given.
@@ -50,13 +52,17 @@ def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid"
   f = flag_values
   lo_n, hi_n, num_n = f"{prefix}_min", f"{prefix}_max", f"{prefix}_num"
   if f[prefix].present:
-    return _checks.real_grid(prefix, f[prefix].value or ())
+    for name in (lo_n, hi_n, num_n):
+      if f[name].present:
+        raise _checks.ConfigError(
+            name, f"cannot be combined with --{prefix} (an explicit list of values)")
+    return _checks.real_grid(prefix, f[prefix].value or (), max_points=max_points)
   if not any(f[k].present for k in (lo_n, hi_n, num_n)):
     return None
   lo = _checks.real(lo_n, f[lo_n].value if f[lo_n].value is not None else min(base))
   hi = _checks.real(hi_n, f[hi_n].value if f[hi_n].value is not None else max(base))
   num = _checks.integer(num_n, f[num_n].value if f[num_n].value is not None
-                        else len(base))
+                        else len(base), maximum=max_points)
   if hi < lo:
     raise _checks.ConfigError(hi_n, f"must be >= --{lo_n}={lo:g} (got {hi:g})")
   return linear_grid(lo, hi, num)
@@ -103,3 +109,36 @@ def define_shard_flag(members: str):
 def mesh_from_flag(shard: bool, axis_name: str = "members"):
   """A 1-D mesh over all local devices when ``--shard`` is set, else None."""
   return sharding.device_mesh(axis_name=axis_name) if shard else None
+
+
+def flags_parser(binary: str):
+  """An `app.run(…, flags_parser=…)` that reports flag-parsing errors in one line.
+
+  absl's own parser prints a two-line ``FATAL Flags parsing error``; this one
+  prints ``<binary>: error: --<flag>: <detail>`` with the flag's help (which
+  states its allowed values), like every other bad input, and exits 1.
+  """
+  def parse(argv):
+    from absl import flags  # local: the library itself does not need absl.
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      sys.exit(f"{binary}: error: {_flag_error(flags.FLAGS, e)}")
+  return parse
+
+
+def _flag_error(flag_values, error) -> str:
+  text = str(error)
+  match = re.match(r"flag --([\w.]+)=(.*?): (.*)", text, re.S)
+  if match is None:
+    return text.replace("\n", " ")
+  name, value, detail = match.groups()
+  kind = flag_values[name].flag_type() if name in flag_values else ""
+  if kind == "int":
+    detail = f"must be an integer (got {value!r})"
+  elif kind == "bool":
+    detail = f"must be true or false (got {value!r})"
+  elif value not in detail:
+    detail = f"{detail} (got {value!r})"
+  usage = flag_values[name].help if name in flag_values else ""
+  return f"--{name}: {detail}" + (f"; --{name}: {usage}" if usage else "")

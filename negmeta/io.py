@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from io import BytesIO
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -61,25 +62,66 @@ def _finite_or_none(obj):
   return obj
 
 
-def write_json(path: str, record: Mapping[str, Any]) -> None:
-  """Atomically writes `record` as indented JSON (NaN/Inf become null)."""
+def _json_bytes(record: Mapping[str, Any]) -> bytes:
   text = json.dumps(_finite_or_none(json.loads(json.dumps(record, default=_json_default))),
                     indent=2, sort_keys=False)
-  with _atomic_path(path, ".json") as tmp:
-    with open(tmp, "w") as f:
-      f.write(text + "\n")
+  return (text + "\n").encode()
+
+
+def _npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+  buffer = BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  return buffer.getvalue()
+
+
+def _png_bytes(figure) -> bytes:
+  buffer = BytesIO()
+  figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+  return buffer.getvalue()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  with _atomic_path(path, os.path.splitext(path)[1]) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+
+def write_json(path: str, record: Mapping[str, Any]) -> None:
+  """Atomically writes `record` as indented JSON (NaN/Inf become null)."""
+  _write_bytes(path, _json_bytes(record))
 
 
 def write_npz(path: str, **arrays) -> None:
   """Atomically writes compressed arrays."""
-  with _atomic_path(path, ".npz") as tmp:
-    np.savez_compressed(tmp, **arrays)
+  _write_bytes(path, _npz_bytes(arrays))
 
 
 def write_figure(path: str, figure) -> None:
   """Atomically saves a matplotlib figure as PNG."""
-  with _atomic_path(path, ".png") as tmp:
-    figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+  _write_bytes(path, _png_bytes(figure))
+
+
+def write_results(json_path: str, record: Mapping[str, Any], npz_path: str,
+                  arrays: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
+  """An experiment's files: everything rendered in memory before anything is written.
+
+  A record, array set or figure that fails to build (e.g. a figure of a fully
+  diverged run) therefore leaves the workdir as it was, never a new npz beside
+  an old results.json. Each file is then written atomically, the JSON record
+  last.
+
+  Args:
+    json_path: path of the JSON record.
+    record: the record (NaN/Inf become null).
+    npz_path: path of the array file.
+    arrays: arrays to save (compressed).
+    figures: PNG path → matplotlib Figure.
+  """
+  contents = {npz_path: _npz_bytes(arrays)}
+  contents.update({path: _png_bytes(fig) for path, fig in figures.items()})
+  contents[json_path] = _json_bytes(record)
+  for path, data in contents.items():
+    _write_bytes(path, data)
 
 
 def prepare_workdir(workdir: str, flag: str = "workdir") -> str:

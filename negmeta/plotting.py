@@ -37,9 +37,10 @@ def linear_sweep_figure(result):
   o = result.optimum
   ax.axvline(o["theory_argmin"], color="black", ls="--", lw=0.8,
              label=f"theory optimum {o['theory_argmin']:.3f}")
-  s = o["simulated_exact_loss"]
-  ax.plot([s["argmin"]], [s["min"]], marker="*", ms=14, color="tab:red", ls="none",
-          label=f"simulated optimum {s['argmin']:.3f}")
+  s = o.get("simulated_exact_loss")   # absent when every run diverged
+  if s is not None:
+    ax.plot([s["argmin"]], [s["min"]], marker="*", ms=14, color="tab:red", ls="none",
+            label=f"simulated optimum {s['argmin']:.3f}")
   ax.axvline(0.0, color="grey", lw=0.5)
   sym = r"$\alpha_t$ (training)" if c.sweep == "alpha_t" else r"$\alpha_r$ (adaptation)"
   ax.set_xlabel(f"learning rate {sym}")
@@ -48,11 +49,14 @@ def linear_sweep_figure(result):
   ax.set_title(f"{regime}: p={c.p}, n_t={c.n_t}, n_v={c.n_v}, n_r={c.n_r}, m={c.m}, "
                f"σ={c.sigma:g}, ν={c.nu:g}, {c.runs} runs", fontsize=9)
   ax.legend(fontsize=8)
-  finite = np.isfinite(est["exact_loss"].mean)
-  if np.any(finite):
-    lo = min(np.min(result.theory_curve[1]), np.min(est["exact_loss"].mean[finite]))
-    hi = max(np.max(result.theory_curve[1]), np.max(est["protocol_loss"].mean[finite]))
-    pad = 0.08 * (hi - lo + 1e-12)
-    ax.set_ylim(lo - pad, hi + pad)
+  # Limits from finite values only (overflowed theory or diverged runs are inf/NaN).
+  shown = np.concatenate([np.ravel(result.theory_curve[1]), est["exact_loss"].mean,
+                          est["protocol_loss"].mean])
+  shown = shown[np.isfinite(shown)]
+  if shown.size:
+    lo, hi = float(np.min(shown)), float(np.max(shown))
+    pad = 0.08 * (hi - lo) if np.isfinite(hi - lo) and hi > lo else 1.0
+    if np.isfinite(lo - pad) and np.isfinite(hi + pad):
+      ax.set_ylim(lo - pad, hi + pad)
   fig.tight_layout()
   return fig

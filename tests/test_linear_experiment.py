@@ -1,10 +1,12 @@
 """End to end: the linear_sweep binary, its outputs, and its errors on bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest, parameterized
@@ -67,15 +69,22 @@ class BadInputTest(parameterized.TestCase):
   """One-line error naming the flag and allowed values; exit ≠ 0; nothing written."""
 
   @parameterized.named_parameters(
-      ("negative_dimension", ["--p=-3"], "--p: must be an integer >= 1 (got -3)"),
-      ("nan_rate", ["--alpha_r=nan"], "--alpha_r: must be a finite real number (got nan)"),
+      ("negative_dimension", ["--p=-3"], "--p: must be an integer in [1, 4096] (got -3)"),
+      ("huge_dimension", ["--p=1000000"], "--p: must be an integer in [1, 4096]"),
+      ("non_integer_size", ["--p=2.5"], "--p: must be an integer (got '2.5'); --p: Input"),
+      ("nan_rate", ["--alpha_r=nan"],
+       "--alpha_r: must be a finite real number >= -1e+06 and <= 1e+06 (got nan)"),
+      ("huge_rate", ["--alpha_r=1e300"], "--alpha_r: must be a finite real number >= -1e+06"),
       ("infinite_rate", ["--alpha_t=inf", "--sweep=alpha_r"], "--alpha_t: must be a finite"),
       ("empty_grid", ["--grid="], "--grid: must contain at least one value"),
-      ("zero_grid_points", ["--grid_num=0"], "--grid_num: must be an integer >= 1"),
+      ("zero_grid_points", ["--grid_num=0"], "--grid_num: must be an integer in [1, 100000]"),
+      ("huge_grid_num", ["--grid_num=1000000000"], "--grid_num: must be an integer in [1,"),
+      ("huge_grid_value", ["--grid=0,1e200"], "--grid: must contain only values with |x| <="),
+      ("list_and_num", ["--grid=0,1", "--grid_num=3"], "--grid_num: cannot be combined"),
       ("nan_in_grid", ["--grid=0.1,nan"], "--grid: must contain only finite values"),
       ("reversed_grid", ["--grid_min=1", "--grid_max=-1"], "--grid_max: must be >="),
       ("threshold_regime", ["--p=6", "--n_v=2", "--m=3"], "--p: must differ from n_v*m = 6"),
-      ("one_run", ["--runs=1"], "--runs: must be an integer >= 2"),
+      ("one_run", ["--runs=1"], "--runs: must be an integer in [2,"),
       ("negative_noise", ["--sigma=-1"], "--sigma: must be a finite real number >= 0"),
       ("preset_contradiction", ["--preset=fig2b", "--p=30"],
        "--p: contradicts --preset=fig2b, which sets p=60 (got 30)"),
@@ -109,6 +118,44 @@ class BadInputTest(parameterized.TestCase):
     self.assertIn("--sweep", proc.stderr)
     self.assertIn("alpha_t", proc.stderr)
     self.assertNotIn("Traceback", proc.stderr)
+
+  def test_unknown_preset_is_one_line(self):
+    proc = _run("--workdir=/tmp/never", "--preset=fig9")
+    last = proc.stderr.strip().splitlines()[-1]
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertTrue(last.startswith("linear_sweep: error: --preset: "), msg=last)
+    self.assertIn("fig2b", last)
+
+  def test_fully_diverged_run_is_saved_as_data(self):
+    # Every run non-finite at every grid value: results, figure and table
+    # still come out, with no simulated optimum.
+    config = experiment.LinearSweepConfig(p=5, n_t=3, n_v=2, n_r=3, m=2, runs=2,
+                                          test_tasks=2, test_points=2, grid=(-1.0, 1.0))
+    result = experiment.run(config)
+    nan_runs = result.runs._replace(**{k: np.full_like(v, np.nan) for k, v in
+                                       result.runs._asdict().items()})
+    optimum = experiment._optima(experiment.make_problem(config), config, result.swept,
+                                 nan_runs)
+    self.assertNotIn("simulated_exact_loss", optimum)
+    diverged = dataclasses.replace(result, runs=nan_runs, optimum=optimum)
+    self.assertIn("simulated argmin: none", experiment.summary_table(diverged))
+    with tempfile.TemporaryDirectory() as d:
+      paths = experiment.save(diverged, d)
+      self.assertEqual(sorted(os.listdir(d)), sorted(os.path.basename(p) for p in
+                                                     paths.values()))
+      with open(paths["json"]) as f:
+        rec = json.load(f)
+      self.assertEqual([g["nonfinite_runs"] for g in rec["grid"]], [2, 2])
+
+  def test_failed_save_writes_nothing(self):
+    config = experiment.LinearSweepConfig(p=5, n_t=3, n_v=2, n_r=3, m=2, runs=2,
+                                          test_tasks=2, test_points=2, grid=(-1.0, 1.0))
+    result = experiment.run(config)
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(
+        experiment, "record", side_effect=RuntimeError("boom")):
+      with self.assertRaisesRegex(RuntimeError, "boom"):
+        experiment.save(result, d)
+      self.assertEqual(os.listdir(d), [])
 
   def test_preset_agreeing_flag_is_accepted(self):
     config = experiment.preset("fig2b", p=60, runs=10)

@@ -328,6 +328,19 @@ class BadInputTest(parameterized.TestCase):
     self.assertEqual(cm.exception.name, name)
     self.assertIn(detail, cm.exception.detail)
 
+  def test_optimum_without_runs_finite_on_the_whole_grid(self):
+    grid = np.array([-1.0, 0.0, 1.0])
+    values = np.array([[1.0, 2.0, np.nan], [1.2, 2.1, 3.0], [np.nan, 1.9, 2.5]])
+    o = experiment.optimum_of(values, grid, zero_index=1)
+    self.assertEqual(o["argmin"], -1.0)
+    self.assertEqual(o["bootstrap_runs"], 1)
+    self.assertIsNone(o["bootstrap_argmin_68"])
+    self.assertIn("bootstrap: none, 1 run(s)", experiment._optimum_line("x", o, "/λ̄"))
+    full = experiment.optimum_of(values[1:2].repeat(3, 0) + np.arange(3)[:, None] * 0.01,
+                                 grid, zero_index=1)
+    self.assertEqual(full["bootstrap_argmin_68"], [-1.0, -1.0])
+    self.assertEqual(full["bootstrap_p_negative"], 1.0)
+
   def test_preset_contradiction(self):
     with self.assertRaisesRegex(_checks.ConfigError, "contradicts --preset=fig5"):
       experiment.preset("fig5", d=5)
@@ -338,6 +351,10 @@ class BadInputTest(parameterized.TestCase):
        "nonlinear_sweep: error: --alpha_r: must contain only finite values"),
       ("preset", ["--preset=fig5", "--m=4", "--grid_min=1", "--grid_max=-1"],
        "nonlinear_sweep: error: --grid_max: must be >="),
+      ("huge_grid_num", ["--grid_num=2000000000"],
+       "nonlinear_sweep: error: --grid_num: must be an integer in [1, 1000]"),
+      ("parser_error", ["--antisymmetric=maybe"],
+       "nonlinear_sweep: error: --antisymmetric: must be true or false"),
   )
   def test_binary_one_line_error(self, args, message):
     with tempfile.TemporaryDirectory() as d:

@@ -123,6 +123,15 @@ class EstimatesTest(absltest.TestCase):
     np.testing.assert_allclose(
         e.tasks_ci95, 1.96 * pooled.std(axis=2) / np.sqrt(2 * t), rtol=1e-12)
 
+  def test_no_dense_points(self):
+    # dense_points = 0 ("off") once crashed the evaluation's reshape.
+    r = experiment.run(dataclasses.replace(
+        TINY, iterations=2, alpha_t=(0.0,), alpha_r=(0.01,), test_tasks=4,
+        dense_points=0))
+    self.assertEqual(r.dense.shape[-2:], (4, 0))
+    self.assertTrue(np.all(np.isfinite(r.query)))
+    self.assertEqual(experiment.estimate(r, "auto").mean.shape, (1, 1, 3))
+
   def test_robust_estimates_match_numpy(self):
     r = _base()
     e = experiment.estimate(r, "protocol")
@@ -355,7 +364,12 @@ class FlagErrorTest(absltest.TestCase):
         (["--alpha_t=0.1,nan"], "--alpha_t: must contain only finite values"),
         (["--alpha_r_min=1", "--alpha_r_max=-1"],
          "--alpha_r_max: must be >= --alpha_r_min=1"),
-        (["--alpha_t_num=0"], "--alpha_t_num: must be an integer >= 1"),
+        (["--alpha_t_num=0"], "--alpha_t_num: must be an integer in [1, 1000]"),
+        (["--alpha_t=0,0.01", "--alpha_t_num=5"],
+         "--alpha_t_num: cannot be combined with --alpha_t"),
+        (["--chunk_members=1000000000"], "--chunk_members: must be an integer in [0, 8]"),
+        (["--seeds=3", "--seed=2147483646"],
+         "--seed: must be an integer in [0, 2147483645]"),
         (["--alpha_r="], "--alpha_r: must contain at least one value"),
         (["--test_tasks=1"], "--test_tasks: must be an integer in"),
         (["--seeds=0"], "--seeds: must be an integer in [1, 10000] (got 0)"),

@@ -142,9 +142,14 @@ def preset(name: str, **overrides) -> ConvergenceMapConfig:
   return validate(ConvergenceMapConfig(preset=name, **{**base, **overrides}))
 
 
+# |α|, β beyond this overflow the figure's axes (and any run diverges anyway).
+MAX_RATE = 1e6
+
+
 def _range(lo_name, lo, hi_name, hi, num_name, num, *, positive=False):
-  lo = _checks.real(lo_name, lo, lo=0.0 if positive else None, lo_open=positive)
-  hi = _checks.real(hi_name, hi)
+  lo = _checks.real(lo_name, lo, lo=0.0 if positive else -MAX_RATE, lo_open=positive,
+                    hi=MAX_RATE)
+  hi = _checks.real(hi_name, hi, lo=0.0 if positive else -MAX_RATE, hi=MAX_RATE)
   if not hi > lo:
     raise _checks.ConfigError(hi_name, f"must be > --{lo_name}={lo:g} (got {hi:g})")
   num = _checks.integer(num_name, num, minimum=2, maximum=MAX_GRID_NUM)
@@ -614,10 +619,10 @@ def save(result: ConvergenceMapResult, workdir: str) -> dict[str, str]:
   paths = {"json": os.path.join(workdir, "results.json"),
            "npz": os.path.join(workdir, "map.npz"),
            "png": os.path.join(workdir, f"{stem}_map.png")}
-  rec = record(result)   # before writing anything: a failure leaves no files
   fig = figure.map_figure(result)
-  io.write_npz(paths["npz"], **result.arrays)
-  io.write_figure(paths["png"], fig)
-  figure.close(fig)
-  io.write_json(paths["json"], rec)
+  try:
+    io.write_results(paths["json"], record(result), paths["npz"], result.arrays,
+                     {paths["png"]: fig})
+  finally:
+    figure.close(fig)
   return paths

@@ -33,6 +33,12 @@ SWEEPS = ("alpha_t", "alpha_r")
 ESTIMATORS = ("distance", "conditional_distance", "exact_loss", "protocol_loss",
               "conditional_loss")
 DTYPES = ("float64", "float32")
+# Input ranges. Beyond them a run cannot fit in memory (p: the m [p, p] inner
+# Hessians per run; sizes, runs) or its theory overflows float64 (|values|).
+MAX_P = 4096
+MAX_SIZE = 100_000
+MAX_RUNS = 10_000_000
+MAX_VALUE = 1e6
 
 # Parameters that define the problem: a preset fixes them (a flag may not
 # contradict them). The others (runs, evaluation sizes, seed, grid resolution,
@@ -122,18 +128,20 @@ def validate(config: LinearSweepConfig) -> LinearSweepConfig:
     ConfigError: naming the first invalid field and its allowed values.
   """
   c = config
+  size = lambda name, value: _checks.integer(name, value, maximum=MAX_SIZE)  # noqa: E731
+  bounded = lambda name, value, lo=-MAX_VALUE: _checks.real(  # noqa: E731
+      name, value, lo=lo, hi=MAX_VALUE)
   values = dict(
-      p=_checks.integer("p", c.p), n_t=_checks.integer("n_t", c.n_t),
-      n_v=_checks.integer("n_v", c.n_v), n_r=_checks.integer("n_r", c.n_r),
-      m=_checks.integer("m", c.m),
-      sigma=_checks.real("sigma", c.sigma, lo=0.0), nu=_checks.real("nu", c.nu, lo=0.0),
-      w0=_checks.real("w0", c.w0), omega0=_checks.real("omega0", c.omega0),
-      alpha_t=_checks.real("alpha_t", c.alpha_t), alpha_r=_checks.real("alpha_r", c.alpha_r),
+      p=_checks.integer("p", c.p, maximum=MAX_P), n_t=size("n_t", c.n_t),
+      n_v=size("n_v", c.n_v), n_r=size("n_r", c.n_r), m=size("m", c.m),
+      sigma=bounded("sigma", c.sigma, 0.0), nu=bounded("nu", c.nu, 0.0),
+      w0=bounded("w0", c.w0), omega0=bounded("omega0", c.omega0),
+      alpha_t=bounded("alpha_t", c.alpha_t), alpha_r=bounded("alpha_r", c.alpha_r),
       sweep=_checks.choice("sweep", c.sweep, SWEEPS),
-      grid=_checks.real_grid("grid", c.grid),
-      runs=_checks.integer("runs", c.runs, minimum=2),
-      test_tasks=_checks.integer("test_tasks", c.test_tasks),
-      test_points=_checks.integer("test_points", c.test_points),
+      grid=_checks.real_grid("grid", c.grid, max_abs=MAX_VALUE),
+      runs=_checks.integer("runs", c.runs, minimum=2, maximum=MAX_RUNS),
+      test_tasks=size("test_tasks", c.test_tasks),
+      test_points=size("test_points", c.test_points),
       seed=_checks.integer("seed", c.seed, minimum=0, maximum=2**31 - 1),
       batch_size=_checks.integer("batch_size", c.batch_size, minimum=0),
       chunk_runs=_checks.integer("chunk_runs", c.chunk_runs, minimum=0),
@@ -375,7 +383,10 @@ def summary_table(result: LinearSweepResult, max_rows: int = 12) -> str:
   if "theory_alpha_r_star" in o:
     lines.append(f"closed form α_r* = {o['theory_alpha_r_star']:.4f} (theory D), "
                  f"{o['simulated_alpha_r_star']:.4f} (simulated D, exact)")
-  s = o["simulated_exact_loss"]
+  s = o.get("simulated_exact_loss")
+  if s is None:
+    lines.append("simulated argmin: none (no grid value has a finite run: all diverged)")
+    return "\n".join(lines)
   msg = f"simulated argmin {sym} = {s['argmin']:.4f} (L = {s['min']:.4f} ± {s['min_se']:.4f})"
   if "min_minus_at_zero" in s:
     msg += (f"; L(argmin) − L(0) = {s['min_minus_at_zero']:.5f} ± "
@@ -395,11 +406,13 @@ def save(result: LinearSweepResult, workdir: str) -> dict[str, str]:
   paths = {"json": os.path.join(workdir, "results.json"),
            "npz": os.path.join(workdir, "runs.npz"),
            "png": os.path.join(workdir, f"{result.config.sweep}_sweep.png")}
-  io.write_npz(paths["npz"], alpha_t=result.alpha_t, alpha_r=result.alpha_r,
-               theory=result.theory, theory_curve_x=result.theory_curve[0],
-               theory_curve_y=result.theory_curve[1], **result.runs._asdict())
+  arrays = dict(alpha_t=result.alpha_t, alpha_r=result.alpha_r, theory=result.theory,
+                theory_curve_x=result.theory_curve[0],
+                theory_curve_y=result.theory_curve[1], **result.runs._asdict())
   fig = plotting.linear_sweep_figure(result)
-  io.write_figure(paths["png"], fig)
-  plotting.close(fig)
-  io.write_json(paths["json"], record(result))
+  try:
+    io.write_results(paths["json"], record(result), paths["npz"], arrays,
+                     {paths["png"]: fig})
+  finally:
+    plotting.close(fig)
   return paths

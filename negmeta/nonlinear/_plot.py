@@ -45,9 +45,10 @@ def sweep_figure(result):
                                ("ntk", "black", "NTK")):
       o = opt[name]
       if o.get("argmin") is not None:
+        p_neg = o["bootstrap_p_negative"]
+        boot = "no bootstrap" if p_neg is None else f"bootstrap P(<0) = {p_neg:.2f}"
         ax.plot([o["argmin"]], [o["min"]], marker="*", ms=13, color=color, ls="none",
-                label=f"{label} optimum {o['argmin']:g} "
-                      f"(bootstrap P(<0) = {o['bootstrap_p_negative']:.2f})")
+                label=f"{label} optimum {o['argmin']:g} ({boot})")
     ax.axvline(0.0, color="grey", lw=0.5)
     ax.set_xlabel(r"learning rate $\alpha_t$ (training), units of " + unit)
     ax.set_ylabel("average test loss")

@@ -45,6 +45,7 @@ from negmeta.nonlinear import _study, _tasks
 UNITS = ("curvature", "absolute")
 DTYPES = ("float32", "float64")
 CURVES = ("trained", "ntk", "ntk_same_steps")
+MAX_GRID = 1000   # α_t values per sweep
 
 # Fields that define the problem: a preset fixes them. The others (grid,
 # seeds, evaluation sizes, seed, batching, dtype) change only how precisely
@@ -170,7 +171,7 @@ def validate(config: NonlinearSweepConfig) -> NonlinearSweepConfig:
       momentum=real("momentum", c.momentum, lo=0.0, hi=0.99),
       outer_lr=real("outer_lr", c.outer_lr, lo=0.0, lo_open=True),
       antisymmetric=bool(c.antisymmetric),
-      grid=_checks.real_grid("grid", c.grid, max_points=1000),
+      grid=_checks.real_grid("grid", c.grid, max_points=MAX_GRID),
       seeds=integer("seeds", c.seeds, minimum=2),
       test_tasks=integer("test_tasks", c.test_tasks),
       test_points=integer("test_points", c.test_points),
@@ -291,18 +292,24 @@ def optimum_of(values: np.ndarray, grid_values: np.ndarray, *, zero_index: int,
   diff, diff_se = stats.paired_difference(values, i, zero_index)
   finite_runs = np.all(np.isfinite(values), axis=1)
   v = values[finite_runs]
+  out = {"argmin": float(grid_values[i]), "min": float(est.mean[i]),
+         "min_se": float(est.se[i]),
+         "min_minus_at_zero": diff, "min_minus_at_zero_se": diff_se,
+         "bootstrap_runs": int(v.shape[0])}
+  if v.shape[0] < 2:
+    # The paired bootstrap needs runs finite on the whole grid: none to resample.
+    return out | {"bootstrap_argmin_68": None, "bootstrap_argmin_95": None,
+                  "bootstrap_p_negative": None, "bootstrap_p_positive": None,
+                  "bootstrap_resamples": 0}
   rng = np.random.default_rng(seed)
   picks = rng.integers(0, v.shape[0], size=(boot, v.shape[0]))
   arg = grid_values[np.argmin(v[picks].mean(axis=1), axis=1)]
-  return {
-      "argmin": float(grid_values[i]), "min": float(est.mean[i]),
-      "min_se": float(est.se[i]),
-      "min_minus_at_zero": diff, "min_minus_at_zero_se": diff_se,
+  return out | {
       "bootstrap_argmin_68": [float(np.quantile(arg, 0.16)), float(np.quantile(arg, 0.84))],
       "bootstrap_argmin_95": [float(np.quantile(arg, 0.025)), float(np.quantile(arg, 0.975))],
       "bootstrap_p_negative": float(np.mean(arg < 0)),
       "bootstrap_p_positive": float(np.mean(arg > 0)),
-      "bootstrap_runs": int(v.shape[0]), "bootstrap_resamples": boot,
+      "bootstrap_resamples": boot,
   }
 
 
@@ -462,9 +469,13 @@ def record(result: NonlinearSweepResult) -> dict[str, Any]:
 def _optimum_line(label: str, o: dict[str, Any], unit: str) -> str:
   if o.get("argmin") is None:
     return f"  {label}: no finite runs"
-  lo, hi = o["bootstrap_argmin_68"]
-  return (f"  {label:>14}: argmin α_t = {o['argmin']:g} {unit} (bootstrap 68% "
-          f"[{lo:g}, {hi:g}], P(<0) = {o['bootstrap_p_negative']:.2f}); "
+  if o["bootstrap_argmin_68"] is None:
+    boot = (f"bootstrap: none, {o['bootstrap_runs']} run(s) finite on the whole "
+            "grid")
+  else:
+    lo, hi = o["bootstrap_argmin_68"]
+    boot = f"bootstrap 68% [{lo:g}, {hi:g}], P(<0) = {o['bootstrap_p_negative']:.2f}"
+  return (f"  {label:>14}: argmin α_t = {o['argmin']:g} {unit} ({boot}); "
           f"L(argmin) − L(0) = {o['min_minus_at_zero']:+.5f} ± "
           f"{o['min_minus_at_zero_se']:.5f} (paired)")
 
@@ -529,18 +540,19 @@ def save(result: NonlinearSweepResult, workdir: str) -> dict[str, str]:
   paths = {"json": os.path.join(workdir, "results.json"),
            "npz": os.path.join(workdir, "runs.npz"),
            "png": os.path.join(workdir, "nonlinear_sweep.png")}
-  io.write_npz(paths["npz"], grid=result.grid, alpha_t=result.alpha_t,
-               alpha_r=result.alpha_r,
-               **{f"loss_{k}": v for k, v in result.losses.items()},
-               trained_unadapted=result.trained_unadapted,
-               diverged=result.diverged, final_meta_loss=result.final_meta_loss,
-               ntk_final_meta_loss=result.ntk_final_meta_loss,
-               function_gap=result.function_gap,
-               meta_curvature_max=result.meta_curvature[0],
-               meta_curvature_min=result.meta_curvature[1], rcond=result.rcond,
-               loss_trace=result.loss_trace)
+  arrays = dict(grid=result.grid, alpha_t=result.alpha_t, alpha_r=result.alpha_r,
+                **{f"loss_{k}": v for k, v in result.losses.items()},
+                trained_unadapted=result.trained_unadapted,
+                diverged=result.diverged, final_meta_loss=result.final_meta_loss,
+                ntk_final_meta_loss=result.ntk_final_meta_loss,
+                function_gap=result.function_gap,
+                meta_curvature_max=result.meta_curvature[0],
+                meta_curvature_min=result.meta_curvature[1], rcond=result.rcond,
+                loss_trace=result.loss_trace)
   fig = _plot.sweep_figure(result)
-  io.write_figure(paths["png"], fig)
-  _plot.close(fig)
-  io.write_json(paths["json"], record(result))
+  try:
+    io.write_results(paths["json"], record(result), paths["npz"], arrays,
+                     {paths["png"]: fig})
+  finally:
+    _plot.close(fig)
   return paths

@@ -190,8 +190,8 @@ def validate(config: SinusoidConfig) -> SinusoidConfig:
       meta_lr=_checks.real("meta_lr", c.meta_lr, lo=0.0, lo_open=True),
       first_order=_boolean("first_order", c.first_order),
       seeds=seeds,
-      seed=_checks.integer("seed", c.seed, minimum=0,
-                           maximum=2**31 - 1 - seeds),
+      seed=_checks.integer("seed", c.seed, minimum=0,   # seed + seeds − 1 < 2³¹
+                           maximum=2**31 - seeds),
       test_tasks=_checks.integer("test_tasks", c.test_tasks, minimum=2,
                                  maximum=10**6),
       eval_shots=_checks.integer("eval_shots", c.eval_shots, maximum=10**5),
@@ -201,8 +201,10 @@ def validate(config: SinusoidConfig) -> SinusoidConfig:
                                   maximum=10**5),
       dense_points=_checks.integer("dense_points", c.dense_points, minimum=0,
                                    maximum=10**5),
-      chunk_members=_checks.integer("chunk_members", c.chunk_members,
-                                    minimum=0),
+      chunk_members=_checks.integer(
+          "chunk_members", c.chunk_members, minimum=0,
+          maximum=seeds * len(_checks.real_grid("alpha_t", c.alpha_t,
+                                                max_points=MAX_GRID))),
       remat=_checks.choice("remat", c.remat, REMAT),
       dtype=_checks.choice("dtype", c.dtype, DTYPES))
   return SinusoidConfig(**values)
@@ -889,22 +891,25 @@ def save(result: SinusoidResult, workdir: str) -> dict[str, str]:
   workdir = io.prepare_workdir(workdir)
   paths = {"json": os.path.join(workdir, "results.json"),
            "npz": os.path.join(workdir, "runs.npz")}
-  io.write_npz(paths["npz"], alpha_t=result.alpha_t, alpha_r=result.alpha_r,
-               seeds=result.seeds, query=result.query, dense=result.dense,
-               train_losses=result.train_losses, diverged=result.diverged,
-               diverged_step=result.diverged_step, params=result.params)
+  arrays = dict(alpha_t=result.alpha_t, alpha_r=result.alpha_r, seeds=result.seeds,
+                query=result.query, dense=result.dense,
+                train_losses=result.train_losses, diverged=result.diverged,
+                diverged_step=result.diverged_step, params=result.params)
   figures = {"curve_png": ("learning_curve.png", plots.learning_curve_figure),
              "train_png": ("meta_training.png", plots.training_figure)}
   if len(result.config.alpha_t) > 1:
     figures["sweep_png"] = ("alpha_t_sweep.png", plots.sweep_figure)
   if len(result.config.alpha_r) > 1:
     figures["alpha_r_png"] = ("alpha_t_alpha_r.png", plots.heatmap_figure)
-  for kind, (filename, make) in figures.items():
-    fig = make(result)
-    paths[kind] = os.path.join(workdir, filename)
-    io.write_figure(paths[kind], fig)
-    plots.close(fig)
-  io.write_json(paths["json"], record(result))
+  made = {}
+  try:
+    for kind, (filename, make) in figures.items():
+      paths[kind] = os.path.join(workdir, filename)
+      made[paths[kind]] = make(result)
+    io.write_results(paths["json"], record(result), paths["npz"], arrays, made)
+  finally:
+    for fig in made.values():
+      plots.close(fig)
   return paths
 
 
