@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import chex
 import jax
@@ -305,6 +306,29 @@ class BinaryTest(absltest.TestCase):
                                  entry["ntk"]["mean"])
       with open(os.path.join(d, "nonlinear_sweep.png"), "rb") as f:
         self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_interrupted_sweep_resumes_from_its_finished_stages(self):
+    cfg = experiment.NonlinearSweepConfig(
+        d=3, width=8, m=2, n_t=3, n_v=2, n_r=3, num_steps=5, grid=(-1.0, 0.0, 1.0),
+        seeds=2, test_tasks=4, test_points=3)
+    reference = experiment.run(cfg)
+    with tempfile.TemporaryDirectory() as d:
+      with mock.patch.object(_study, "evaluate_ntk", side_effect=KeyboardInterrupt):
+        with self.assertRaises(KeyboardInterrupt):
+          experiment.run(cfg, store_dir=d)
+      self.assertLen(os.listdir(d), 6)          # every stage before the last
+      log = []
+      resumed = experiment.run(cfg, store_dir=d, log=log.append)
+    loaded = [line.split(":")[0] for line in log if "loaded from a previous run" in line]
+    self.assertEqual(loaded, ["calibrate", "ntk_solve", "ntk_curvature",
+                              "ntk_same_steps", "train", "evaluate_trained"])
+    for name in reference.losses:
+      np.testing.assert_array_equal(reference.losses[name], resumed.losses[name])
+    np.testing.assert_array_equal(reference.loss_trace, resumed.loss_trace)
+    np.testing.assert_array_equal(reference.function_gap, resumed.function_gap)
 
 
 class BadInputTest(parameterized.TestCase):

@@ -315,8 +315,14 @@ def optimum_of(values: np.ndarray, grid_values: np.ndarray, *, zero_index: int,
 
 def run(config: NonlinearSweepConfig, *,
         log: Callable[[str], None] | None = None,
-        mesh: jax.sharding.Mesh | None = None) -> NonlinearSweepResult:
+        mesh: jax.sharding.Mesh | None = None,
+        store_dir: str | None = None) -> NonlinearSweepResult:
   """Runs the sweep of `config` (each stage one compiled call).
+
+  Each finished stage (calibration, NTK solve, curvature, same-steps NTK,
+  training, the two evaluations) is saved to `store_dir` when given, so a
+  rerun of the same config after an interruption loads it and goes on with
+  the next stage.
 
   Args:
     config: a NonlinearSweepConfig (validated here).
@@ -325,6 +331,7 @@ def run(config: NonlinearSweepConfig, *,
       network stages (meta-training, evaluation) split the runs over its
       devices; the NTK stages, which call LAPACK, run unsharded. Same values
       as without.
+    store_dir: optional directory for finished stages (resumable runs).
 
   Returns:
     NonlinearSweepResult.
@@ -333,12 +340,27 @@ def run(config: NonlinearSweepConfig, *,
   say = log or (lambda _: None)
   sizes = sizes_of(config)
   seconds: dict[str, float] = {}
+  store = (io.ChunkStore(store_dir, io.fingerprint(
+      dict(dataclasses.asdict(config), jax=jax.__version__)))
+           if store_dir is not None else None)
 
   def timed(name, fn, *args, **kwargs):
+    index = len(seconds)
     start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args, **kwargs))
+    saved = store.load(index) if store is not None else None
+    if saved is not None:
+      # Same config, same stage: rebuild the output's tree from its shapes.
+      treedef = jax.tree.structure(jax.eval_shape(lambda: fn(*args, **kwargs)))
+      out = jax.tree.unflatten(treedef, [jnp.asarray(saved[f"leaf_{i}"])
+                                         for i in range(treedef.num_leaves)])
+    else:
+      out = jax.block_until_ready(fn(*args, **kwargs))
+      if store is not None:
+        store.save(index, {f"leaf_{i}": np.asarray(leaf)
+                           for i, leaf in enumerate(jax.tree.leaves(out))})
     seconds[name] = time.perf_counter() - start
-    say(f"{name}: {seconds[name]:.1f} s")
+    say(f"{name}: {seconds[name]:.1f} s" + (" (loaded from a previous run)"
+                                           if saved is not None else ""))
     return out
 
   with jax.enable_x64(True):
