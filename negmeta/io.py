@@ -86,19 +86,9 @@ def _write_bytes(path: str, data: bytes) -> None:
       f.write(data)
 
 
-def write_json(path: str, record: Mapping[str, Any]) -> None:
-  """Atomically writes `record` as indented JSON (NaN/Inf become null)."""
-  _write_bytes(path, _json_bytes(record))
-
-
 def write_npz(path: str, **arrays) -> None:
   """Atomically writes compressed arrays."""
   _write_bytes(path, _npz_bytes(arrays))
-
-
-def write_figure(path: str, figure) -> None:
-  """Atomically saves a matplotlib figure as PNG."""
-  _write_bytes(path, _png_bytes(figure))
 
 
 def write_results(json_path: str, record: Mapping[str, Any], npz_path: str,
@@ -108,7 +98,7 @@ def write_results(json_path: str, record: Mapping[str, Any], npz_path: str,
   A record, array set or figure that fails to build (e.g. a figure of a fully
   diverged run) therefore leaves the workdir as it was, never a new npz beside
   an old results.json. Each file is then written atomically, the JSON record
-  last.
+  last. The figures are closed whatever happens.
 
   Args:
     json_path: path of the JSON record.
@@ -117,9 +107,14 @@ def write_results(json_path: str, record: Mapping[str, Any], npz_path: str,
     arrays: arrays to save (compressed).
     figures: PNG path → matplotlib Figure.
   """
-  contents = {npz_path: _npz_bytes(arrays)}
-  contents.update({path: _png_bytes(fig) for path, fig in figures.items()})
-  contents[json_path] = _json_bytes(record)
+  from negmeta import plotting  # local: matplotlib only when saving.
+  try:
+    contents = {npz_path: _npz_bytes(arrays)}
+    contents.update({path: _png_bytes(fig) for path, fig in figures.items()})
+    contents[json_path] = _json_bytes(record)
+  finally:
+    for fig in figures.values():
+      plotting.close(fig)
   for path, data in contents.items():
     _write_bytes(path, data)
 

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +15,11 @@ from negmeta import sharding
 class HelpersTest(absltest.TestCase):
 
   def test_padded_size(self):
-    mesh = sharding.device_mesh()          # one CPU device in-process
     self.assertEqual(sharding.padded_size(7, None), 7)
-    self.assertEqual(sharding.padded_size(7, mesh), 7)
+    self.assertEqual(sharding.padded_size(7, sharding.device_mesh()), 7)  # 1 device
+    four = types.SimpleNamespace(size=4)   # only the device count is read
+    self.assertEqual([sharding.padded_size(n, four) for n in (1, 4, 7, 8, 9)],
+                     [4, 4, 8, 8, 12])
 
   def test_pad_leading_repeats_the_last_member(self):
     tree = {"a": jnp.arange(3.0), "b": jnp.arange(6).reshape(3, 2)}

@@ -619,10 +619,6 @@ def save(result: ConvergenceMapResult, workdir: str) -> dict[str, str]:
   paths = {"json": os.path.join(workdir, "results.json"),
            "npz": os.path.join(workdir, "map.npz"),
            "png": os.path.join(workdir, f"{stem}_map.png")}
-  fig = figure.map_figure(result)
-  try:
-    io.write_results(paths["json"], record(result), paths["npz"], result.arrays,
-                     {paths["png"]: fig})
-  finally:
-    figure.close(fig)
+  io.write_results(paths["json"], record(result), paths["npz"], result.arrays,
+                   {paths["png"]: figure.map_figure(result)})
   return paths

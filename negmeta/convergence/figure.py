@@ -13,10 +13,6 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from negmeta.convergence import maps  # noqa: E402
 
 
-def close(fig) -> None:
-  plt.close(fig)
-
-
 def _edges(x: np.ndarray, log: bool) -> np.ndarray:
   v = np.log(x) if log else np.asarray(x, np.float64)
   mid = 0.5 * (v[1:] + v[:-1])

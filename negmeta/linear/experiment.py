@@ -409,10 +409,6 @@ def save(result: LinearSweepResult, workdir: str) -> dict[str, str]:
   arrays = dict(alpha_t=result.alpha_t, alpha_r=result.alpha_r, theory=result.theory,
                 theory_curve_x=result.theory_curve[0],
                 theory_curve_y=result.theory_curve[1], **result.runs._asdict())
-  fig = plotting.linear_sweep_figure(result)
-  try:
-    io.write_results(paths["json"], record(result), paths["npz"], arrays,
-                     {paths["png"]: fig})
-  finally:
-    plotting.close(fig)
+  io.write_results(paths["json"], record(result), paths["npz"], arrays,
+                   {paths["png"]: plotting.linear_sweep_figure(result)})
   return paths

@@ -7,7 +7,6 @@ import numpy as np
 from negmeta import plotting
 
 plt = plotting.plt
-close = plotting.close
 
 
 def sweep_figure(result):

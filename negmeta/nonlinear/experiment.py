@@ -571,10 +571,6 @@ def save(result: NonlinearSweepResult, workdir: str) -> dict[str, str]:
                 meta_curvature_max=result.meta_curvature[0],
                 meta_curvature_min=result.meta_curvature[1], rcond=result.rcond,
                 loss_trace=result.loss_trace)
-  fig = _plot.sweep_figure(result)
-  try:
-    io.write_results(paths["json"], record(result), paths["npz"], arrays,
-                     {paths["png"]: fig})
-  finally:
-    _plot.close(fig)
+  io.write_results(paths["json"], record(result), paths["npz"], arrays,
+                   {paths["png"]: _plot.sweep_figure(result)})
   return paths

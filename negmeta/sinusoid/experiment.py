@@ -179,8 +179,9 @@ def validate(config: SinusoidConfig) -> SinusoidConfig:
   """
   c = config
   seeds = _checks.integer("seeds", c.seeds, minimum=1, maximum=10_000)
+  alpha_t = _checks.real_grid("alpha_t", c.alpha_t, max_points=MAX_GRID)
   values = dict(
-      alpha_t=_checks.real_grid("alpha_t", c.alpha_t, max_points=MAX_GRID),
+      alpha_t=alpha_t,
       alpha_r=_checks.real_grid("alpha_r", c.alpha_r, max_points=MAX_GRID),
       iterations=_checks.integer("iterations", c.iterations, maximum=10**8),
       meta_batch=_checks.integer("meta_batch", c.meta_batch, maximum=10**6),
@@ -202,9 +203,7 @@ def validate(config: SinusoidConfig) -> SinusoidConfig:
       dense_points=_checks.integer("dense_points", c.dense_points, minimum=0,
                                    maximum=10**5),
       chunk_members=_checks.integer(
-          "chunk_members", c.chunk_members, minimum=0,
-          maximum=seeds * len(_checks.real_grid("alpha_t", c.alpha_t,
-                                                max_points=MAX_GRID))),
+          "chunk_members", c.chunk_members, minimum=0, maximum=seeds * len(alpha_t)),
       remat=_checks.choice("remat", c.remat, REMAT),
       dtype=_checks.choice("dtype", c.dtype, DTYPES))
   return SinusoidConfig(**values)
@@ -901,15 +900,10 @@ def save(result: SinusoidResult, workdir: str) -> dict[str, str]:
     figures["sweep_png"] = ("alpha_t_sweep.png", plots.sweep_figure)
   if len(result.config.alpha_r) > 1:
     figures["alpha_r_png"] = ("alpha_t_alpha_r.png", plots.heatmap_figure)
-  made = {}
-  try:
-    for kind, (filename, make) in figures.items():
-      paths[kind] = os.path.join(workdir, filename)
-      made[paths[kind]] = make(result)
-    io.write_results(paths["json"], record(result), paths["npz"], arrays, made)
-  finally:
-    for fig in made.values():
-      plots.close(fig)
+  for kind, (filename, _) in figures.items():
+    paths[kind] = os.path.join(workdir, filename)
+  io.write_results(paths["json"], record(result), paths["npz"], arrays,
+                   {paths[kind]: make(result) for kind, (_, make) in figures.items()})
   return paths
 
 

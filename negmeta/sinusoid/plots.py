@@ -9,7 +9,6 @@ from negmeta.sinusoid import experiment
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is set)
 
-close = plotting.close
 _MAX_LINES = 6
 
 
