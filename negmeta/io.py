@@ -201,3 +201,21 @@ class ChunkStore:
 
   def save(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
     write_npz(self._path(index), _fingerprint=np.asarray(self.fingerprint), **arrays)
+
+  def save_tree(self, index: int, tree: Any, **extra: Any) -> None:
+    """Saves a pytree's leaves (as NumPy arrays) and `extra` scalars/arrays."""
+    import jax  # local: the rest of io needs no JAX.
+    leaves = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+    self.save(index, {**leaves, **{f"_{k}": np.asarray(v) for k, v in extra.items()}})
+
+  def load_tree(self, index: int, treedef: Any
+                ) -> tuple[Any, dict[str, np.ndarray]] | None:
+    """(pytree of NumPy leaves with structure `treedef`, the `extra` arrays) of a
+    chunk saved by `save_tree`, or None if absent or from another sweep."""
+    import jax  # local: the rest of io needs no JAX.
+    saved = self.load(index)
+    if saved is None:
+      return None
+    leaves = [saved[f"leaf_{i}"] for i in range(treedef.num_leaves)]
+    extra = {k[1:]: v for k, v in saved.items() if k.startswith("_")}
+    return jax.tree.unflatten(treedef, leaves), extra

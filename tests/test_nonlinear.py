@@ -1,6 +1,7 @@
 """Nonlinear (quadratic) regression study: NTK linearization, its exact meta-solution,
 lazy-limit agreement with the trained network, one trace per sweep, the binary."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -322,13 +323,42 @@ class ResumeTest(absltest.TestCase):
       self.assertLen(os.listdir(d), 6)          # every stage before the last
       log = []
       resumed = experiment.run(cfg, store_dir=d, log=log.append)
-    loaded = [line.split(":")[0] for line in log if "loaded from a previous run" in line]
-    self.assertEqual(loaded, ["calibrate", "ntk_solve", "ntk_curvature",
-                              "ntk_same_steps", "train", "evaluate_trained"])
+      stored = {}
+      for i, name in enumerate(resumed.resumed_stages):
+        with np.load(os.path.join(d, f"chunk_{i:05d}.npz")) as chunk:
+          stored[name] = float(chunk["_seconds"])
+    loaded = [line.split(":")[0] for line in log if "by a previous run" in line]
+    stages = ["calibrate", "ntk_solve", "ntk_curvature", "ntk_same_steps", "train",
+              "evaluate_trained"]
+    self.assertEqual(loaded, stages)
+    self.assertEqual(list(resumed.resumed_stages), stages)
+    # A loaded stage reports the time it took when computed, not the load.
+    self.assertEqual({k: resumed.seconds[k] for k in stages}, stored)
+    self.assertNotIn("evaluate_ntk", resumed.resumed_stages)
     for name in reference.losses:
       np.testing.assert_array_equal(reference.losses[name], resumed.losses[name])
     np.testing.assert_array_equal(reference.loss_trace, resumed.loss_trace)
     np.testing.assert_array_equal(reference.function_gap, resumed.function_gap)
+    self._check_table_counts(reference)
+
+  def _check_table_counts(self, result):
+    """The table says where a curve averages fewer runs than were not diverged."""
+    self.assertNotIn("averaged over fewer runs", experiment.summary_table(result))
+    diverged = result.diverged.copy()
+    diverged[0, 2] = True                  # run 0 diverged at α_t = 1 ...
+    trained = result.losses["trained"].copy()
+    trained[:, :, 2] = np.nan              # ... and run 1's test loss overflowed
+    ntk = result.losses["ntk"].copy()
+    ntk[1, 0, 0] = np.inf                  # one NTK run at α_t = −1
+    planted = dataclasses.replace(
+        result, diverged=diverged,
+        losses={**result.losses, "trained": trained, "ntk": ntk})
+    line = experiment.summary_table(planted).splitlines()
+    short = [x for x in line if x.startswith("averaged over fewer runs")]
+    self.assertLen(short, 1)
+    self.assertIn("trained at α_t = 1: 0 of 1", short[0])
+    self.assertIn("ntk at α_t = -1: 1 of 2", short[0])
+    self.assertNotIn("ntk_same_steps", short[0])
 
 
 class BadInputTest(parameterized.TestCase):

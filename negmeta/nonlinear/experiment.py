@@ -238,7 +238,9 @@ class NonlinearSweepResult:
     rcond: Cholesky pivot ratio of the linearized meta-Gram ZZᵀ, [R, G].
     loss_trace: meta-training loss every `trace_every` steps, [R, G, K].
     optimum: per α_r, each curve's argmin with its uncertainty (`optimum_of`).
-    seconds: wall time per stage (compilation included).
+    seconds: wall time per stage (compilation included; for a stage loaded
+      from an interrupted run, the time it took when it was computed).
+    resumed_stages: the stages loaded from an interrupted run, in order.
   """
   config: NonlinearSweepConfig
   curvature: dict[str, float]
@@ -255,6 +257,7 @@ class NonlinearSweepResult:
   loss_trace: np.ndarray
   optimum: list[dict[str, Any]]
   seconds: dict[str, float]
+  resumed_stages: tuple[str, ...] = ()
 
   @property
   def grid(self) -> np.ndarray:
@@ -340,6 +343,7 @@ def run(config: NonlinearSweepConfig, *,
   say = log or (lambda _: None)
   sizes = sizes_of(config)
   seconds: dict[str, float] = {}
+  resumed: list[str] = []
   store = (io.ChunkStore(store_dir, io.fingerprint(
       dict(dataclasses.asdict(config), jax=jax.__version__)))
            if store_dir is not None else None)
@@ -347,19 +351,22 @@ def run(config: NonlinearSweepConfig, *,
   def timed(name, fn, *args, **kwargs):
     index = len(seconds)
     start = time.perf_counter()
-    saved = store.load(index) if store is not None else None
-    if saved is not None:
-      # Same config, same stage: rebuild the output's tree from its shapes.
+    saved = None
+    if store is not None:
+      # Same config, same stage: the output's tree from its shapes.
       treedef = jax.tree.structure(jax.eval_shape(lambda: fn(*args, **kwargs)))
-      out = jax.tree.unflatten(treedef, [jnp.asarray(saved[f"leaf_{i}"])
-                                         for i in range(treedef.num_leaves)])
+      saved = store.load_tree(index, treedef)
+    if saved is not None:
+      out = jax.tree.map(jnp.asarray, saved[0])
+      # The time the stage took when computed (the load time if not saved).
+      seconds[name] = float(saved[1].get("seconds", time.perf_counter() - start))
+      resumed.append(name)
     else:
       out = jax.block_until_ready(fn(*args, **kwargs))
+      seconds[name] = time.perf_counter() - start
       if store is not None:
-        store.save(index, {f"leaf_{i}": np.asarray(leaf)
-                           for i, leaf in enumerate(jax.tree.leaves(out))})
-    seconds[name] = time.perf_counter() - start
-    say(f"{name}: {seconds[name]:.1f} s" + (" (loaded from a previous run)"
+        store.save_tree(index, out, seconds=seconds[name])
+    say(f"{name}: {seconds[name]:.1f} s" + (" (computed by a previous run, loaded)"
                                            if saved is not None else ""))
     return out
 
@@ -424,7 +431,7 @@ def run(config: NonlinearSweepConfig, *,
       function_gap=_masked(gap, diverged),
       meta_curvature=(np.asarray(curv_max), np.asarray(curv_min)),
       rcond=np.asarray(sol.rcond), loss_trace=trace[:, :, ::every],
-      optimum=optimum, seconds=seconds)
+      optimum=optimum, seconds=seconds, resumed_stages=tuple(resumed))
 
 
 def _entry(est: stats.Estimate, i: int) -> dict[str, Any]:
@@ -481,6 +488,7 @@ def record(result: NonlinearSweepResult) -> dict[str, Any]:
                 "run_keys": "jax.random.fold_in(jax.random.key(seed), run_index)"},
       "runtime": io.runtime_record(),
       "seconds": result.seconds,
+      "resumed_stages": list(result.resumed_stages),
       "curvature": result.curvature,
       "alpha_r_absolute": [float(v) for v in result.alpha_r],
       "optimum": result.optimum,
@@ -500,6 +508,19 @@ def _optimum_line(label: str, o: dict[str, Any], unit: str) -> str:
   return (f"  {label:>14}: argmin α_t = {o['argmin']:g} {unit} ({boot}); "
           f"L(argmin) − L(0) = {o['min_minus_at_zero']:+.5f} ± "
           f"{o['min_minus_at_zero_se']:.5f} (paired)")
+
+
+def _short_counts(result: NonlinearSweepResult,
+                  est: dict[str, stats.Estimate]) -> list[str]:
+  """Curves and grid values averaged over fewer runs than those not diverged."""
+  out = []
+  for i, x in enumerate(result.grid):
+    div = int(result.diverged[:, i].sum())
+    for k in CURVES:
+      expected = result.config.seeds - (div if k == "trained" else 0)
+      if est[k].n[i] < expected:
+        out.append(f"{k} at α_t = {x:g}: {int(est[k].n[i])} of {expected}")
+  return out
 
 
 def summary_table(result: NonlinearSweepResult) -> str:
@@ -522,6 +543,11 @@ def summary_table(result: NonlinearSweepResult) -> str:
     div = int(result.diverged[:, i].sum())
     lines.append(f"{x:8.3f} {result.alpha_t[i]:9.4f} {' '.join(cells)} "
                  f"{div if div else '':>4}")
+  lines.append("div: runs whose meta-training diverged (excluded from 'trained')")
+  short = _short_counts(result, est)
+  if short:
+    lines.append("averaged over fewer runs (the test loss after adaptation is "
+                 "not finite in the others): " + "; ".join(short))
   for entry in result.optimum:
     lines.append(f"α_r = {entry['alpha_r']:g}{unit}:")
     for name, label in (("trained", "trained"), ("ntk", "NTK exact"),
@@ -552,7 +578,8 @@ def load(workdir: str) -> NonlinearSweepResult:
       function_gap=arrays["function_gap"],
       meta_curvature=(arrays["meta_curvature_max"], arrays["meta_curvature_min"]),
       rcond=arrays["rcond"], loss_trace=arrays["loss_trace"],
-      optimum=rec["optimum"], seconds=rec["seconds"])
+      optimum=rec["optimum"], seconds=rec["seconds"],
+      resumed_stages=tuple(rec.get("resumed_stages", ())))
 
 
 def save(result: NonlinearSweepResult, workdir: str) -> dict[str, str]:
