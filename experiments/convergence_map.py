@@ -18,10 +18,15 @@ Hessian eigenvalues, empirical β_c at α = 0 against 2/λ_max, the boundary per
 map.npz (grids, final losses, empirical and predicted classes) and a PNG heatmap
 with the exact (or Hessian-predicted) and Takagi boundaries, and prints a table.
 A preset fixes the problem and the criterion; the method, grid, number of
-iterations and seed may be changed.
+iterations and seed may be changed. With --chunk_alphas=K the map runs K rows of
+α per call (one compilation for all), each finished chunk saved under
+<workdir>/chunks; rerunning the same command after an interruption loads them.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
 
 from absl import app, flags
 
@@ -46,11 +51,14 @@ flags.DEFINE_string("beta_num", None, f"Number of β values, log-spaced "
 flags.DEFINE_string("iterations", None, f"Outer steps per run "
                     f"(1 .. {experiment.MAX_ITERATIONS}).")
 flags.DEFINE_string("seed", None, "PRNG seed of the data (0 .. 2^31-1).")
+flags.DEFINE_string("chunk_alphas", None, "α rows per compiled call, each saved to "
+                    "<workdir>/chunks so an interrupted map resumes (0 .. --alpha_num; "
+                    "0 = the whole map in one call, the default).")
 _SHARD = cli.define_shard_flag("the map's cells")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (created if needed).")
 
 _REAL_FLAGS = ("alpha_min", "alpha_max", "beta_min", "beta_max")
-_INT_FLAGS = ("alpha_num", "beta_num", "iterations", "seed")
+_INT_FLAGS = ("alpha_num", "beta_num", "iterations", "seed", "chunk_alphas")
 
 
 def _as_int(text: str):
@@ -77,8 +85,12 @@ def config_from_flags() -> experiment.ConvergenceMapConfig:
 
 def main(argv):
   config, workdir = cli.start("convergence_map", argv, _WORKDIR.value, config_from_flags)
-  result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value))
+  chunks = os.path.join(workdir, "chunks") if config.chunk_alphas else None
+  result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
+                          store_dir=chunks)
   paths = experiment.save(result, workdir)
+  if chunks:
+    shutil.rmtree(chunks, ignore_errors=True)   # superseded by map.npz
   cli.report(experiment.summary_table(result), paths)
 
 

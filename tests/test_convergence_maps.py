@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import chex
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, flagsaver, parameterized
 
-from negmeta import _checks, maml
+from negmeta import _checks, io, maml
 from negmeta.convergence import experiment, maps, problems
 from negmeta.theory import convergence
 
@@ -32,6 +33,8 @@ LINEAR_CASES = (("takagi_maml", "takagi_linear", "maml"),
                 ("mixed_maml", "mixed_linear", "maml"),
                 ("mixed_fomaml", "mixed_linear", "fomaml"))
 C, N, D = maps.CONVERGED, maps.NOT_YET_CONVERGED, maps.DIVERGED
+MapRunsFields = ("final_loss", "initial_loss", "final_update_norm",
+                 "initial_update_norm", "nonfinite", "nonfinite_step")
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,6 +104,45 @@ class EngineTest(absltest.TestCase):
     # The counter is live: a new grid shape must trace again.
     with self.assertRaises(AssertionError):
       run(p1.theta0, p1.batch, jnp.linspace(-0.1, 0.1, 4), jnp.geomspace(0.01, 1, 4))
+
+  def test_chunked_map_equals_one_call_and_resumes(self):
+    prob = self._takagi()
+    alpha = jnp.linspace(-0.08, 0.06, 7)        # 3 chunks of 3 rows, the last padded
+    beta = jnp.array([0.01, 0.05, 0.3, 1e8])     # the last column diverges
+    args = (problems.linear_apply, prob.theta0, prob.batch, alpha, beta)
+    static = dict(method="maml", iterations=30)
+    whole = jax.tree.map(np.asarray, maps.run_map(*args, **static))
+    kernel = jax.jit(chex.assert_max_traces(maps.map_kernel, n=1),
+                     static_argnames=("apply_fn", "method", "iterations", "loss_fn",
+                                      "mesh"))
+    calls = []
+
+    def interrupted(*a, **k):
+      calls.append(a[3].shape)
+      if len(calls) == 2:
+        raise KeyboardInterrupt
+      return kernel(*a, **k)
+
+    with tempfile.TemporaryDirectory() as d:
+      store = lambda: io.ChunkStore(d, "map-under-test")
+      with mock.patch.object(maps, "run_map", interrupted):
+        with self.assertRaises(KeyboardInterrupt):
+          maps.run_map_chunks(*args, **static, chunk_alphas=3, store=store())
+        self.assertEqual(os.listdir(d), ["chunk_00000.npz"])
+        seen = []
+        runs, loaded = maps.run_map_chunks(
+            *args, **static, chunk_alphas=3, store=store(),
+            on_chunk=lambda i, n, was_loaded: seen.append((i, n, was_loaded)))
+    self.assertEqual(loaded, 1)
+    self.assertEqual(seen, [(0, 3, True), (1, 3, False), (2, 3, False)])
+    self.assertEqual(calls, [(3,)] * 4)          # one shape: one trace (the kernel)
+    self.assertTrue(whole.nonfinite[:, 3].all())
+    # Independent cells: equal up to round-off (a batch of 12 cells instead of
+    # 28 may change XLA's reduction order), also where the runs blow up.
+    for name in MapRunsFields:
+      np.testing.assert_allclose(getattr(runs, name), getattr(whole, name),
+                                 rtol=1e-13, atol=0, err_msg=name)
+    np.testing.assert_allclose(runs.final_params, whole.final_params, rtol=1e-13)
 
   def test_diverging_cells_do_not_change_other_cells(self):
     prob = self._takagi()
@@ -275,7 +317,8 @@ class BinaryTest(parameterized.TestCase):
     with tempfile.TemporaryDirectory() as d:
       workdir = os.path.join(d, "out")
       proc = _run_binary(f"--workdir={workdir}", "--method=fomaml", "--alpha_num=5",
-                         "--beta_num=6", "--iterations=50", "--seed=3")
+                         "--beta_num=6", "--iterations=50", "--seed=3",
+                         "--chunk_alphas=2")
       self.assertEqual(proc.returncode, 0, msg=proc.stderr[-3000:])
       self.assertIn("agreement vs exact at horizon", proc.stdout)
       self.assertIn("2/λ_max", proc.stdout)
@@ -284,6 +327,8 @@ class BinaryTest(parameterized.TestCase):
       with open(os.path.join(workdir, "results.json")) as f:
         rec = json.load(f)
       self.assertEqual((rec["config"]["method"], rec["config"]["seed"]), ("fomaml", 3))
+      self.assertEqual((rec["config"]["chunk_alphas"], rec["resumed_chunks"]), (2, 0))
+      self.assertIn("map chunk 3/3 done", proc.stdout)   # chunks/ removed after save
       self.assertIn("jax", rec["runtime"]["versions"])
       self.assertIn("converged", rec["criterion"])
       for key in ("agreement_share", "hessian_eigenvalues", "beta_c_at_alpha0",
@@ -311,6 +356,9 @@ class BinaryTest(parameterized.TestCase):
       ("not_a_number", ["--iterations=many"], "--iterations: must be an integer"),
       ("bad_preset", ["--preset=omniglot"], "--preset: must be one of"),
       ("no_workdir", [], "--workdir: is required"),
+      ("chunk_beyond_grid", ["--alpha_num=5", "--chunk_alphas=6"],
+       "--chunk_alphas: must be an integer in [0, 5] (got 6)"),
+      ("negative_chunk", ["--chunk_alphas=-1"], "--chunk_alphas: must be an integer"),
   )
   def test_bad_input_in_process(self, flag_args, message):
     # The binary's main, in this process (no JAX start-up per case).

@@ -83,6 +83,8 @@ class ConvergenceMapConfig:
     iterations: outer steps per run T.
     seed: PRNG seed of the data (and of the init and Lanczos start for sinusoid).
     dtype: float type of the runs (theory is always float64).
+    chunk_alphas: α rows of the map per compiled call, each saved as a
+      resumable chunk (0: the whole map in one call).
     problem: the preset's problem parameters (see `PRESETS`).
     criterion: how runs are classified (`maps.Criterion`).
   """
@@ -97,6 +99,7 @@ class ConvergenceMapConfig:
   iterations: int = 500
   seed: int = 0
   dtype: str = "float64"
+  chunk_alphas: int = 0
   problem: Mapping[str, Any] = dataclasses.field(
       default_factory=lambda: dict(slope=2.0, intercept=3.0, num_points=100))
   criterion: maps.Criterion = maps.Criterion()
@@ -172,6 +175,8 @@ def validate(config: ConvergenceMapConfig) -> ConvergenceMapConfig:
   iterations = _checks.integer("iterations", c.iterations, maximum=MAX_ITERATIONS)
   seed = _checks.integer("seed", c.seed, minimum=0, maximum=2**31 - 1)
   dtype = _checks.choice("dtype", c.dtype, DTYPES)
+  chunk_alphas = _checks.integer("chunk_alphas", c.chunk_alphas, minimum=0,
+                                 maximum=a_num)
   fields = _PROBLEM_FIELDS[name]
   unknown = sorted(set(c.problem) - set(fields))
   if unknown or set(fields) - set(c.problem):
@@ -190,7 +195,7 @@ def validate(config: ConvergenceMapConfig) -> ConvergenceMapConfig:
   return dataclasses.replace(
       c, preset=name, method=method, alpha_min=a_lo, alpha_max=a_hi, alpha_num=a_num,
       beta_min=b_lo, beta_max=b_hi, beta_num=b_num, iterations=iterations,
-      seed=seed, dtype=dtype, problem=problem)
+      seed=seed, dtype=dtype, chunk_alphas=chunk_alphas, problem=problem)
 
 
 def grids(config: ConvergenceMapConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -209,12 +214,15 @@ class ConvergenceMapResult:
     config: the validated config.
     arrays: grids and per-cell arrays (see `save` for the keys).
     summary: the numbers reported in results.json (agreement, boundaries, ...).
-    seconds: wall times {"map", "theory", "total"} (compilation included).
+    seconds: wall times {"map", "theory", "total"} of this call (compilation
+      included; chunks loaded from an interrupted run count their load only).
+    resumed_chunks: chunks of the map loaded from an interrupted run.
   """
   config: ConvergenceMapConfig
   arrays: dict[str, np.ndarray]
   summary: dict[str, Any]
   seconds: dict[str, float]
+  resumed_chunks: int = 0
 
 
 def _np(tree):
@@ -275,7 +283,28 @@ def _tightening(alpha, eb, predicted_beta_c, takagi_beta_c) -> dict[str, Any] | 
           "takagi_beta_c_at_alpha_min": float(takagi_beta_c[0])}
 
 
-def _run_linear(config, alpha, beta, key, log, mesh):
+def _map_runs(config, apply_fn, init_params, batch, alpha, beta, log, mesh, store):
+  """The map's runs (`maps.run_map_chunks`), its wall time and chunks loaded."""
+  dtype = jnp.dtype(config.dtype)
+
+  def on_chunk(i, total, loaded):
+    if log and total > 1:
+      log(f"map chunk {i + 1}/{total} "
+          + ("loaded from a previous run" if loaded else "done"))
+
+  start = time.perf_counter()
+  runs, resumed = maps.run_map_chunks(
+      apply_fn, init_params, batch, jnp.asarray(alpha, dtype), jnp.asarray(beta, dtype),
+      method=config.method, iterations=config.iterations,
+      chunk_alphas=config.chunk_alphas, store=store, mesh=mesh, on_chunk=on_chunk)
+  t_map = time.perf_counter() - start
+  if log:
+    log(f"map: {alpha.size}×{beta.size} runs × {config.iterations} steps in "
+        f"{t_map:.1f} s")
+  return runs, t_map, resumed
+
+
+def _run_linear(config, alpha, beta, key, log, mesh, store):
   p = config.problem
   dtype = jnp.dtype(config.dtype)
   if config.preset == "takagi_linear":
@@ -287,15 +316,9 @@ def _run_linear(config, alpha, beta, key, log, mesh):
                                      sigma=p["sigma"], nu=p["nu"], w0=p["w0"],
                                      omega0=p["omega0"], dtype=jnp.float64)
   cast = lambda t: jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
-  start = time.perf_counter()
-  runs = _np(maps.run_map(cproblems.linear_apply, cast(problem.theta0),
-                          cast(problem.batch), jnp.asarray(alpha, dtype),
-                          jnp.asarray(beta, dtype), method=config.method,
-                          iterations=config.iterations, mesh=mesh))
-  t_map = time.perf_counter() - start
-  if log:
-    log(f"map: {alpha.size}×{beta.size} runs × {config.iterations} steps in "
-        f"{t_map:.1f} s")
+  runs, t_map, resumed = _map_runs(config, cproblems.linear_apply,
+                                   cast(problem.theta0), cast(problem.batch), alpha,
+                                   beta, log, mesh, store)
   start = time.perf_counter()
   pred = _np(predict.predict_linear(problem, alpha, beta, method=config.method,
                                     iterations=config.iterations))
@@ -350,10 +373,10 @@ def _run_linear(config, alpha, beta, key, log, mesh):
       dense_alpha=dense, dense_beta_c_predicted=curves.beta_c,
       dense_beta_c_takagi=curves.beta_c_takagi, hessian_eigenvalues=eigs,
       away_from_boundary=maps.away_from_boundary(horizon))
-  return arrays, summary, t_map, t_theory
+  return arrays, summary, t_map, t_theory, resumed
 
 
-def _run_sinusoid(config, alpha, beta, key, log, mesh):
+def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
   p = config.problem
   dtype = jnp.dtype(config.dtype)
   k_data, k_init, k_lanczos = jax.random.split(key, 3)
@@ -361,14 +384,8 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh):
                                  k_support=p["n_support"], k_query=p["n_query"],
                                  dtype=dtype)
   init = models.mlp_init(k_init, dtype=dtype)
-  start = time.perf_counter()
-  runs = _np(maps.run_map(models.mlp_apply, init, pool, jnp.asarray(alpha, dtype),
-                          jnp.asarray(beta, dtype), method=config.method,
-                          iterations=config.iterations, mesh=mesh))
-  t_map = time.perf_counter() - start
-  if log:
-    log(f"map: {alpha.size}×{beta.size} runs × {config.iterations} steps in "
-        f"{t_map:.1f} s")
+  runs, t_map, resumed = _map_runs(config, models.mlp_apply, init, pool, alpha, beta,
+                                   log, mesh, store)
   crit = config.criterion
   empirical = maps.classify(*runs.quantity(crit.quantity), runs.nonfinite, crit)
   # Trained point: the α ≈ 0 cell with the lowest final loss (any other column if
@@ -484,36 +501,51 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh):
     arrays.update(meta_hessian_lambda_max=meta_max, meta_hessian_lambda_min=meta_min)
   else:
     arrays["dense_beta_c_predicted"] = dense_formula
-  return arrays, summary, t_map, t_theory
+  return arrays, summary, t_map, t_theory, resumed
+
+
+def map_identity(config: ConvergenceMapConfig) -> dict[str, Any]:
+  """What determines the map's per-cell values and chunks (for resuming)."""
+  return dict(dataclasses.asdict(config), jax=jax.__version__)
 
 
 def run(config: ConvergenceMapConfig, *, log: Callable[[str], None] | None = None,
-        mesh: jax.sharding.Mesh | None = None) -> ConvergenceMapResult:
-  """Runs the map of `config` (one compiled call) and its predictions.
+        mesh: jax.sharding.Mesh | None = None,
+        store_dir: str | None = None) -> ConvergenceMapResult:
+  """Runs the map of `config` and its predictions.
+
+  The map is one compiled call, or `config.chunk_alphas` rows of α at a time
+  (every chunk reusing the one compiled call); with `store_dir`, each finished
+  chunk is saved there and a rerun of the same config loads it.
 
   Args:
     config: a ConvergenceMapConfig (validated here).
     log: optional progress printer.
     mesh: optional 1-D device mesh (`negmeta.sharding.device_mesh`) to split
       the map's cells over; same values as without.
+    store_dir: optional directory for finished chunks (resumable maps).
 
   Returns:
     ConvergenceMapResult.
   """
   config = validate(config)
   alpha, beta = grids(config)
+  store = (io.ChunkStore(store_dir, io.fingerprint(map_identity(config)))
+           if store_dir is not None else None)
   start = time.perf_counter()
   with jax.enable_x64(True):
     key = jax.random.key(config.seed)
     runner = _run_sinusoid if config.preset == "sinusoid" else _run_linear
-    arrays, summary, t_map, t_theory = runner(config, alpha, beta, key, log, mesh)
+    arrays, summary, t_map, t_theory, resumed = runner(config, alpha, beta, key, log,
+                                                       mesh, store)
   counts = np.bincount(arrays["empirical_class"].ravel(), minlength=3)
   summary = {"counts": dict(zip(maps.CLASS_NAMES, map(int, counts))), **summary}
   arrays = {"alpha": alpha, "beta": beta, **arrays}
   return ConvergenceMapResult(
       config=config, arrays={k: np.asarray(v) for k, v in arrays.items()},
       summary=summary, seconds={"map": t_map, "theory": t_theory,
-                                "total": time.perf_counter() - start})
+                                "total": time.perf_counter() - start},
+      resumed_chunks=resumed)
 
 
 def headline_agreement(result: ConvergenceMapResult) -> dict[str, Any]:
@@ -538,6 +570,7 @@ def record(result: ConvergenceMapResult) -> dict[str, Any]:
       "seeds": seeds,
       "runtime": io.runtime_record(),
       "seconds": result.seconds,
+      "resumed_chunks": result.resumed_chunks,
       "criterion": c.criterion.describe(),
       "grid": {"alpha": "linear", "beta": "log", "alpha_values": result.arrays["alpha"],
                "beta_values": result.arrays["beta"]},
