@@ -127,7 +127,25 @@ def flags_parser(binary: str):
   return parse
 
 
+def _binary_flags(flag_values) -> list[str]:
+  """The binary's flags: those its module defines (every binary defines
+  --workdir) and those it defines through this module (--shard)."""
+  module = flag_values.find_module_defining_flag("workdir")
+  if module is None:
+    return []
+  return sorted(f.name for m in (module, __name__)
+                for f in flag_values.get_flags_for_module(m))
+
+
 def _flag_error(flag_values, error) -> str:
+  from absl import flags  # local: the library itself does not need absl.
+  if isinstance(error, flags.UnrecognizedFlagError):
+    tip = (f"did you mean --{', --'.join(error.suggestions)}? "
+           if getattr(error, "suggestions", None) else "")
+    known = _binary_flags(flag_values)
+    listing = (f"this binary's flags are --{', --'.join(known)} "
+               "(--helpshort describes them)" if known else "see --helpshort")
+    return f"--{error.flagname}: unknown flag; {tip}{listing}"
   text = str(error)
   match = re.match(r"flag --([\w.]+)=(.*?): (.*)", text, re.S)
   if match is None:

@@ -90,6 +90,12 @@ class BadInputTest(parameterized.TestCase):
        "--p: contradicts --preset=fig2b, which sets p=60 (got 30)"),
       ("preset_contradicting_sweep", ["--preset=fig2b", "--sweep=alpha_r"],
        "--sweep: contradicts --preset=fig2b"),
+      ("unknown_flag", ["--runz=5"],
+       "--runz: unknown flag; this binary's flags are --alpha_r, --alpha_t, "
+       "--batch_size, --chunk_runs, --dtype, --grid, --grid_max, --grid_min, "
+       "--grid_num, --m, --n_r, --n_t, --n_v, --nu, --omega0, --p, --preset, --runs, "
+       "--seed, --shard, --sigma, --sweep, --test_points, --test_tasks, --w0, "
+       "--workdir (--helpshort describes them)"),
   )
   def test_config_errors(self, flags, message):
     with tempfile.TemporaryDirectory() as d:
