@@ -152,6 +152,14 @@ class BadInputTest(parameterized.TestCase):
       with open(paths["json"]) as f:
         rec = json.load(f)
       self.assertEqual([g["nonfinite_runs"] for g in rec["grid"]], [2, 2])
+      self.assertEqual([(g["min_rcond"], g["min_inner_gap"]) for g in rec["grid"]],
+                       [(None, None)] * 2)
+    # Finite runs: the smallest finite value, ignoring a non-finite run.
+    runs = result.runs.inner_gap.copy()
+    runs[0, 0] = np.nan
+    part = dataclasses.replace(result, runs=result.runs._replace(inner_gap=runs))
+    entry = experiment.record(part)["grid"][0]
+    self.assertEqual(entry["min_inner_gap"], float(result.runs.inner_gap[1, 0]))
 
   def test_failed_save_writes_nothing(self):
     config = experiment.LinearSweepConfig(p=5, n_t=3, n_v=2, n_r=3, m=2, runs=2,

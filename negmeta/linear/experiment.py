@@ -315,6 +315,12 @@ def sweep_identity(config: LinearSweepConfig) -> dict[str, Any]:
   return ident
 
 
+def _finite_min(values: np.ndarray) -> float | None:
+  """The smallest finite value, or None when there is none (all runs diverged)."""
+  finite = values[np.isfinite(values)]
+  return float(finite.min()) if finite.size else None
+
+
 def record(result: LinearSweepResult) -> dict[str, Any]:
   """The JSON record: config, seeds, versions, grid, and per grid value results."""
   est = result.estimates()
@@ -331,8 +337,8 @@ def record(result: LinearSweepResult) -> dict[str, Any]:
     rc = result.runs.rcond[:, g]
     entry["nonfinite_runs"] = int(np.sum(~np.isfinite(result.runs.exact_loss[:, g])))
     entry["ill_conditioned_runs"] = int(np.sum(~(rc > _ill_conditioned_rcond(result))))
-    entry["min_rcond"] = float(np.nanmin(rc)) if np.any(np.isfinite(rc)) else None
-    entry["min_inner_gap"] = float(np.nanmin(result.runs.inner_gap[:, g]))
+    entry["min_rcond"] = _finite_min(rc)
+    entry["min_inner_gap"] = _finite_min(result.runs.inner_gap[:, g])
     per_grid.append(entry)
   return {
       "experiment": "linear_sweep",
