@@ -200,6 +200,7 @@ class ChunkStore:
       return {k: data[k] for k in data.files if k != "_fingerprint"}
 
   def save(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
+    os.makedirs(self.directory, exist_ok=True)   # in case it was removed meanwhile
     write_npz(self._path(index), _fingerprint=np.asarray(self.fingerprint), **arrays)
 
   def save_tree(self, index: int, tree: Any, **extra: Any) -> None:
