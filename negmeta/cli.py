@@ -10,6 +10,7 @@ Binaries stay thin: they read flags, build a validated config with the library's
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -140,9 +141,9 @@ def _binary_flags(flag_values) -> list[str]:
 def _flag_error(flag_values, error) -> str:
   from absl import flags  # local: the library itself does not need absl.
   if isinstance(error, flags.UnrecognizedFlagError):
-    tip = (f"did you mean --{', --'.join(error.suggestions)}? "
-           if getattr(error, "suggestions", None) else "")
     known = _binary_flags(flag_values)
+    close = difflib.get_close_matches(error.flagname, known, n=3)
+    tip = f"did you mean --{', --'.join(close)}? " if close else ""
     listing = (f"this binary's flags are --{', --'.join(known)} "
                "(--helpshort describes them)" if known else "see --helpshort")
     return f"--{error.flagname}: unknown flag; {tip}{listing}"

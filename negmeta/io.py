@@ -204,19 +204,46 @@ class ChunkStore:
     write_npz(self._path(index), _fingerprint=np.asarray(self.fingerprint), **arrays)
 
   def save_tree(self, index: int, tree: Any, **extra: Any) -> None:
-    """Saves a pytree's leaves (as NumPy arrays) and `extra` scalars/arrays."""
-    import jax  # local: the rest of io needs no JAX.
-    leaves = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
-    self.save(index, {**leaves, **{f"_{k}": np.asarray(v) for k, v in extra.items()}})
+    """Saves a pytree's leaves and named extra values as chunk `index`.
 
-  def load_tree(self, index: int, treedef: Any
+    Args:
+      index: the chunk's number.
+      tree: a pytree of arrays (NumPy or JAX); saved as NumPy arrays.
+      **extra: scalars or arrays saved beside it (e.g. seconds=12.5), returned
+        by `load_tree`.
+    """
+    import jax  # local: the rest of io needs no JAX.
+    leaves = jax.tree.leaves(tree)
+    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays.update({f"extra_{k}": np.asarray(v) for k, v in extra.items()})
+    self.save(index, arrays)
+
+  def load_tree(self, index: int, like: Any
                 ) -> tuple[Any, dict[str, np.ndarray]] | None:
-    """(pytree of NumPy leaves with structure `treedef`, the `extra` arrays) of a
-    chunk saved by `save_tree`, or None if absent or from another sweep."""
+    """A chunk saved by `save_tree`, if it matches the tree expected.
+
+    Args:
+      index: the chunk's number.
+      like: the expected pytree: arrays or `jax.ShapeDtypeStruct`s (e.g. from
+        `jax.eval_shape`); its structure, and every leaf's shape and dtype,
+        must match the saved chunk.
+
+    Returns:
+      (the pytree with NumPy leaves, {name: extra value}), or None when the
+      chunk is absent, from another sweep, or of another structure, shape or
+      dtype (then it is recomputed, never mixed in).
+    """
     import jax  # local: the rest of io needs no JAX.
     saved = self.load(index)
     if saved is None:
       return None
-    leaves = [saved[f"leaf_{i}"] for i in range(treedef.num_leaves)]
-    extra = {k[1:]: v for k, v in saved.items() if k.startswith("_")}
+    expected, treedef = jax.tree.flatten(like)
+    names = [f"leaf_{i}" for i in range(len(expected))]
+    if sorted(k for k in saved if k.startswith("leaf_")) != sorted(names):
+      return None
+    leaves = [saved[n] for n in names]
+    if any(x.shape != tuple(e.shape) or x.dtype != np.dtype(e.dtype)
+           for x, e in zip(leaves, expected)):
+      return None
+    extra = {k[len("extra_"):]: v for k, v in saved.items() if k.startswith("extra_")}
     return jax.tree.unflatten(treedef, leaves), extra

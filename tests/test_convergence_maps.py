@@ -4,6 +4,7 @@ The linear maps run the real presets on smaller grids (17 α × 24 β, every cel
 500-step full-batch run); they are computed once per (preset, method) and shared.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -33,8 +34,6 @@ LINEAR_CASES = (("takagi_maml", "takagi_linear", "maml"),
                 ("mixed_maml", "mixed_linear", "maml"),
                 ("mixed_fomaml", "mixed_linear", "fomaml"))
 C, N, D = maps.CONVERGED, maps.NOT_YET_CONVERGED, maps.DIVERGED
-MapRunsFields = ("final_loss", "initial_loss", "final_update_norm",
-                 "initial_update_norm", "nonfinite", "nonfinite_step")
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,9 +117,10 @@ class EngineTest(absltest.TestCase):
     calls = []
 
     def interrupted(*a, **k):
-      calls.append(a[3].shape)
-      if len(calls) == 2:
-        raise KeyboardInterrupt
+      if not isinstance(a[3], jax.core.Tracer):     # a real chunk, not eval_shape
+        calls.append(a[3].shape)
+        if len(calls) == 2:
+          raise KeyboardInterrupt
       return kernel(*a, **k)
 
     with tempfile.TemporaryDirectory() as d:
@@ -130,19 +130,39 @@ class EngineTest(absltest.TestCase):
           maps.run_map_chunks(*args, **static, chunk_alphas=3, store=store())
         self.assertEqual(os.listdir(d), ["chunk_00000.npz"])
         seen = []
-        runs, loaded = maps.run_map_chunks(
+        out = maps.run_map_chunks(
             *args, **static, chunk_alphas=3, store=store(),
             on_chunk=lambda i, n, was_loaded: seen.append((i, n, was_loaded)))
-    self.assertEqual(loaded, 1)
+      # Same fingerprint, other chunking: shapes differ, nothing is mixed in.
+      other = maps.run_map_chunks(*args, **static, chunk_alphas=2, store=store())
+    self.assertEqual(out.loaded, 1)
+    self.assertEqual(other.loaded, 0)
     self.assertEqual(seen, [(0, 3, True), (1, 3, False), (2, 3, False)])
     self.assertEqual(calls, [(3,)] * 4)          # one shape: one trace (the kernel)
     self.assertTrue(whole.nonfinite[:, 3].all())
     # Independent cells: equal up to round-off (a batch of 12 cells instead of
     # 28 may change XLA's reduction order), also where the runs blow up.
-    for name in MapRunsFields:
-      np.testing.assert_allclose(getattr(runs, name), getattr(whole, name),
-                                 rtol=1e-13, atol=0, err_msg=name)
-    np.testing.assert_allclose(runs.final_params, whole.final_params, rtol=1e-13)
+    for runs in (out.runs, other.runs):
+      for name in maps.MapRuns._fields:
+        got, want = getattr(runs, name), getattr(whole, name)
+        self.assertEqual(got.dtype, want.dtype, msg=name)   # loaded leaves too
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=0, err_msg=name)
+
+  def test_experiment_resumes_only_the_same_map(self):
+    cfg = experiment.preset("takagi_linear", alpha_num=5, beta_num=4, iterations=20,
+                            chunk_alphas=2)
+    with tempfile.TemporaryDirectory() as d:
+      first = experiment.run(cfg, store_dir=d)
+      again = experiment.run(cfg, store_dir=d)
+      other_seed = experiment.run(dataclasses.replace(cfg, seed=1), store_dir=d)
+      other_chunks = experiment.run(dataclasses.replace(cfg, chunk_alphas=3),
+                                    store_dir=d)
+    self.assertEqual((first.resumed_chunks, again.resumed_chunks), (0, 3))
+    self.assertEqual((other_seed.resumed_chunks, other_chunks.resumed_chunks), (0, 0))
+    # A loaded chunk counts the time it took when it was computed.
+    self.assertEqual(again.seconds["map"], first.seconds["map"])
+    for key, value in first.arrays.items():
+      np.testing.assert_array_equal(again.arrays[key], value, err_msg=key)
 
   def test_diverging_cells_do_not_change_other_cells(self):
     prob = self._takagi()
@@ -375,6 +395,27 @@ class BinaryTest(parameterized.TestCase):
       self.assertTrue(text.startswith("convergence_map: error: --"), msg=text)
       self.assertIn(message, text)
       self.assertFalse(os.path.exists(workdir))
+
+  def test_binary_saves_chunks_and_resumes(self):
+    args = ["--alpha_num=5", "--beta_num=4", "--iterations=20", "--chunk_alphas=2"]
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      with flagsaver.flagsaver():
+        convergence_map.flags.FLAGS.unparse_flags()
+        convergence_map.flags.FLAGS(["convergence_map", *args, f"--workdir={workdir}"])
+        # Interrupted after the map, before the results were saved.
+        with mock.patch.object(convergence_map.experiment, "save",
+                               side_effect=KeyboardInterrupt):
+          with self.assertRaises(KeyboardInterrupt):
+            convergence_map.main(["convergence_map"])
+        self.assertLen(os.listdir(os.path.join(workdir, "chunks")), 3)
+        with mock.patch("builtins.print") as printed:
+          convergence_map.main(["convergence_map"])
+      lines = [str(c.args[0]) for c in printed.call_args_list if c.args]
+      self.assertLen([x for x in lines if "loaded from a previous run" in x], 3)
+      self.assertFalse(os.path.exists(os.path.join(workdir, "chunks")))  # removed
+      with open(os.path.join(workdir, "results.json")) as f:
+        self.assertEqual(json.load(f)["resumed_chunks"], 3)
 
   def test_bad_input_subprocess(self):
     with tempfile.TemporaryDirectory() as d:

@@ -91,11 +91,13 @@ class BadInputTest(parameterized.TestCase):
       ("preset_contradicting_sweep", ["--preset=fig2b", "--sweep=alpha_r"],
        "--sweep: contradicts --preset=fig2b"),
       ("unknown_flag", ["--runz=5"],
-       "--runz: unknown flag; this binary's flags are --alpha_r, --alpha_t, "
+       "--runz: unknown flag; did you mean --runs? this binary's flags are --alpha_r, --alpha_t, "
        "--batch_size, --chunk_runs, --dtype, --grid, --grid_max, --grid_min, "
        "--grid_num, --m, --n_r, --n_t, --n_v, --nu, --omega0, --p, --preset, --runs, "
        "--seed, --shard, --sigma, --sweep, --test_points, --test_tasks, --w0, "
        "--workdir (--helpshort describes them)"),
+      ("unknown_flag_far_from_any", ["--zzzzzz=5"],
+       "--zzzzzz: unknown flag; this binary's flags are --alpha_r,"),
   )
   def test_config_errors(self, flags, message):
     with tempfile.TemporaryDirectory() as d:
@@ -154,6 +156,10 @@ class BadInputTest(parameterized.TestCase):
       self.assertEqual([g["nonfinite_runs"] for g in rec["grid"]], [2, 2])
       self.assertEqual([(g["min_rcond"], g["min_inner_gap"]) for g in rec["grid"]],
                        [(None, None)] * 2)
+    # None, not NaN (which the JSON file would also show as null).
+    entry = experiment.record(diverged)["grid"][0]
+    self.assertIsNone(entry["min_rcond"])
+    self.assertIsNone(entry["min_inner_gap"])
     # Finite runs: the smallest finite value, ignoring a non-finite run.
     runs = result.runs.inner_gap.copy()
     runs[0, 0] = np.nan

@@ -326,7 +326,7 @@ class ResumeTest(absltest.TestCase):
       stored = {}
       for i, name in enumerate(resumed.resumed_stages):
         with np.load(os.path.join(d, f"chunk_{i:05d}.npz")) as chunk:
-          stored[name] = float(chunk["_seconds"])
+          stored[name] = float(chunk["extra_seconds"])
     loaded = [line.split(":")[0] for line in log if "by a previous run" in line]
     stages = ["calibrate", "ntk_solve", "ntk_curvature", "ntk_same_steps", "train",
               "evaluate_trained"]
@@ -335,6 +335,16 @@ class ResumeTest(absltest.TestCase):
     # A loaded stage reports the time it took when computed, not the load.
     self.assertEqual({k: resumed.seconds[k] for k in stages}, stored)
     self.assertNotIn("evaluate_ntk", resumed.resumed_stages)
+    self.assertEqual(experiment.record(resumed)["resumed_stages"], stages)
+    self.assertEqual(experiment.record(reference)["resumed_stages"], [])
+    with tempfile.TemporaryDirectory() as d:   # save → load round trip
+      experiment.save(resumed, d)
+      back = experiment.load(d)
+    self.assertEqual(back.resumed_stages, resumed.resumed_stages)
+    self.assertEqual(back.seconds, resumed.seconds)
+    for name in resumed.losses:
+      np.testing.assert_array_equal(back.losses[name], resumed.losses[name])
+    np.testing.assert_array_equal(back.diverged, resumed.diverged)
     for name in reference.losses:
       np.testing.assert_array_equal(reference.losses[name], resumed.losses[name])
     np.testing.assert_array_equal(reference.loss_trace, resumed.loss_trace)
@@ -350,15 +360,19 @@ class ResumeTest(absltest.TestCase):
     trained[:, :, 2] = np.nan              # ... and run 1's test loss overflowed
     ntk = result.losses["ntk"].copy()
     ntk[1, 0, 0] = np.inf                  # one NTK run at α_t = −1
+    same_steps = result.losses["ntk_same_steps"].copy()
+    same_steps[0, 0, 2] = np.nan           # the NTK does not diverge with the net
     planted = dataclasses.replace(
         result, diverged=diverged,
-        losses={**result.losses, "trained": trained, "ntk": ntk})
+        losses={**result.losses, "trained": trained, "ntk": ntk,
+                "ntk_same_steps": same_steps})
     line = experiment.summary_table(planted).splitlines()
     short = [x for x in line if x.startswith("averaged over fewer runs")]
     self.assertLen(short, 1)
     self.assertIn("trained at α_t = 1: 0 of 1", short[0])
     self.assertIn("ntk at α_t = -1: 1 of 2", short[0])
-    self.assertNotIn("ntk_same_steps", short[0])
+    self.assertIn("ntk_same_steps at α_t = 1: 1 of 2", short[0])
+    self.assertEqual(short[0].count(" of "), 3)
 
 
 class BadInputTest(parameterized.TestCase):

@@ -214,8 +214,10 @@ class ConvergenceMapResult:
     config: the validated config.
     arrays: grids and per-cell arrays (see `save` for the keys).
     summary: the numbers reported in results.json (agreement, boundaries, ...).
-    seconds: wall times {"map", "theory", "total"} of this call (compilation
-      included; chunks loaded from an interrupted run count their load only).
+    seconds: {"map": the map's compute time summed over its chunks (a chunk
+      loaded from an interrupted run counts the time it took then),
+      "theory": this call's theory time, "total": this call's wall time};
+      compilation included.
     resumed_chunks: chunks of the map loaded from an interrupted run.
   """
   config: ConvergenceMapConfig
@@ -284,7 +286,7 @@ def _tightening(alpha, eb, predicted_beta_c, takagi_beta_c) -> dict[str, Any] | 
 
 
 def _map_runs(config, apply_fn, init_params, batch, alpha, beta, log, mesh, store):
-  """The map's runs (`maps.run_map_chunks`), its wall time and chunks loaded."""
+  """The map's runs (`maps.run_map_chunks`): a `maps.ChunkedMap`."""
   dtype = jnp.dtype(config.dtype)
 
   def on_chunk(i, total, loaded):
@@ -292,16 +294,15 @@ def _map_runs(config, apply_fn, init_params, batch, alpha, beta, log, mesh, stor
       log(f"map chunk {i + 1}/{total} "
           + ("loaded from a previous run" if loaded else "done"))
 
-  start = time.perf_counter()
-  runs, resumed = maps.run_map_chunks(
+  out = maps.run_map_chunks(
       apply_fn, init_params, batch, jnp.asarray(alpha, dtype), jnp.asarray(beta, dtype),
       method=config.method, iterations=config.iterations,
       chunk_alphas=config.chunk_alphas, store=store, mesh=mesh, on_chunk=on_chunk)
-  t_map = time.perf_counter() - start
   if log:
     log(f"map: {alpha.size}×{beta.size} runs × {config.iterations} steps in "
-        f"{t_map:.1f} s")
-  return runs, t_map, resumed
+        f"{out.seconds:.1f} s" + (f" ({out.loaded} chunks computed by a previous "
+                                  "run)" if out.loaded else ""))
+  return out
 
 
 def _run_linear(config, alpha, beta, key, log, mesh, store):
@@ -316,9 +317,9 @@ def _run_linear(config, alpha, beta, key, log, mesh, store):
                                      sigma=p["sigma"], nu=p["nu"], w0=p["w0"],
                                      omega0=p["omega0"], dtype=jnp.float64)
   cast = lambda t: jax.tree.map(lambda x: jnp.asarray(x, dtype), t)
-  runs, t_map, resumed = _map_runs(config, cproblems.linear_apply,
-                                   cast(problem.theta0), cast(problem.batch), alpha,
-                                   beta, log, mesh, store)
+  chunked = _map_runs(config, cproblems.linear_apply, cast(problem.theta0),
+                      cast(problem.batch), alpha, beta, log, mesh, store)
+  runs = chunked.runs
   start = time.perf_counter()
   pred = _np(predict.predict_linear(problem, alpha, beta, method=config.method,
                                     iterations=config.iterations))
@@ -373,7 +374,7 @@ def _run_linear(config, alpha, beta, key, log, mesh, store):
       dense_alpha=dense, dense_beta_c_predicted=curves.beta_c,
       dense_beta_c_takagi=curves.beta_c_takagi, hessian_eigenvalues=eigs,
       away_from_boundary=maps.away_from_boundary(horizon))
-  return arrays, summary, t_map, t_theory, resumed
+  return arrays, summary, chunked, t_theory
 
 
 def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
@@ -384,8 +385,9 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
                                  k_support=p["n_support"], k_query=p["n_query"],
                                  dtype=dtype)
   init = models.mlp_init(k_init, dtype=dtype)
-  runs, t_map, resumed = _map_runs(config, models.mlp_apply, init, pool, alpha, beta,
-                                   log, mesh, store)
+  chunked = _map_runs(config, models.mlp_apply, init, pool, alpha, beta, log, mesh,
+                      store)
+  runs = chunked.runs
   crit = config.criterion
   empirical = maps.classify(*runs.quantity(crit.quantity), runs.nonfinite, crit)
   # Trained point: the α ≈ 0 cell with the lowest final loss (any other column if
@@ -501,11 +503,19 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
     arrays.update(meta_hessian_lambda_max=meta_max, meta_hessian_lambda_min=meta_min)
   else:
     arrays["dense_beta_c_predicted"] = dense_formula
-  return arrays, summary, t_map, t_theory, resumed
+  return arrays, summary, chunked, t_theory
 
 
 def map_identity(config: ConvergenceMapConfig) -> dict[str, Any]:
-  """What determines the map's per-cell values and chunks (for resuming)."""
+  """What determines the map's per-cell values and chunks (for resuming).
+
+  Args:
+    config: a validated ConvergenceMapConfig.
+
+  Returns:
+    The whole config (the chunking included) and the JAX version, for
+    `io.fingerprint`.
+  """
   return dict(dataclasses.asdict(config), jax=jax.__version__)
 
 
@@ -536,16 +546,16 @@ def run(config: ConvergenceMapConfig, *, log: Callable[[str], None] | None = Non
   with jax.enable_x64(True):
     key = jax.random.key(config.seed)
     runner = _run_sinusoid if config.preset == "sinusoid" else _run_linear
-    arrays, summary, t_map, t_theory, resumed = runner(config, alpha, beta, key, log,
-                                                       mesh, store)
+    arrays, summary, chunked, t_theory = runner(config, alpha, beta, key, log, mesh,
+                                                store)
   counts = np.bincount(arrays["empirical_class"].ravel(), minlength=3)
   summary = {"counts": dict(zip(maps.CLASS_NAMES, map(int, counts))), **summary}
   arrays = {"alpha": alpha, "beta": beta, **arrays}
   return ConvergenceMapResult(
       config=config, arrays={k: np.asarray(v) for k, v in arrays.items()},
-      summary=summary, seconds={"map": t_map, "theory": t_theory,
+      summary=summary, seconds={"map": chunked.seconds, "theory": t_theory,
                                 "total": time.perf_counter() - start},
-      resumed_chunks=resumed)
+      resumed_chunks=chunked.loaded)
 
 
 def headline_agreement(result: ConvergenceMapResult) -> dict[str, Any]:

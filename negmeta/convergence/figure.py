@@ -44,8 +44,7 @@ def map_figure(result):
   finite = np.isfinite(logloss)
   vmin = max(np.min(logloss[finite]), -12.0) if finite.any() else 0.0
   vmax = np.max(logloss[finite]) if finite.any() else 1.0
-  cmap = plt.get_cmap("viridis").copy()
-  cmap.set_bad("white")
+  cmap = plt.get_cmap("viridis").with_extremes(bad="white")
   mesh = axes[0].pcolormesh(ae, be, np.ma.masked_invalid(logloss).T, cmap=cmap,
                             vmin=vmin, vmax=vmax, shading="flat")
   fig.colorbar(mesh, ax=axes[0], label="log10 final loss (white: diverged)")

@@ -26,6 +26,7 @@ edges) all have the same predicted class.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -171,6 +172,20 @@ run_map = jax.jit(map_kernel, static_argnames=("apply_fn", "method", "iterations
                                                "loss_fn", "mesh"))
 
 
+class ChunkedMap(NamedTuple):
+  """The outcome of `run_map_chunks`.
+
+  Attributes:
+    runs: MapRuns of NumPy arrays with [A, B] leading axes.
+    loaded: number of chunks loaded from the store instead of run.
+    seconds: the map's compute time, summed over its chunks (a loaded chunk
+      counts the time it took when it was computed; compilation included).
+  """
+  runs: MapRuns
+  loaded: int
+  seconds: float
+
+
 def run_map_chunks(apply_fn: Callable[[Any, jax.Array], jax.Array], init_params: Any,
                    batch: maml.TaskBatch, alpha: ArrayLike, beta: ArrayLike, *,
                    method: str, iterations: int, chunk_alphas: int = 0,
@@ -178,50 +193,62 @@ def run_map_chunks(apply_fn: Callable[[Any, jax.Array], jax.Array], init_params:
                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = maml.mse,
                    mesh: jax.sharding.Mesh | None = None,
                    on_chunk: Callable[[int, int, bool], None] | None = None
-                   ) -> tuple[MapRuns, int]:
+                   ) -> ChunkedMap:
   """`run_map` over `chunk_alphas` rows of α at a time, each chunk saved to resume.
 
   Every chunk has the same shape (the last one padded with copies of the last
   α, dropped afterwards), so all of them reuse one compiled `run_map`. Cells
   are independent runs, so the values do not depend on the chunking beyond
   round-off (XLA may order a cell's reductions differently at another number of
-  cells: 1e-13 relative in float64, tested). A chunk
-  already in `store` (same map, same chunking) is loaded instead of run.
+  cells: 1e-13 relative in float64, tested). A chunk already in `store` with
+  the same tree, shapes and dtypes is loaded instead of run; the store's
+  fingerprint must identify the map and its chunking (see
+  `experiment.map_identity`).
 
   Args:
-    apply_fn, init_params, batch, method, iterations, loss_fn, mesh: as
-      `map_kernel`.
-    alpha: inner rates, [A]. beta: meta rates, [B] (arrays of the run dtype).
+    apply_fn: model ``apply_fn(params, x) -> y_hat`` (static).
+    init_params: θ_0, shared by every cell.
+    batch: the fixed task set.
+    alpha: inner rates, [A] (any sign).
+    beta: meta rates, [B].
+    method: "maml" or "fomaml".
+    iterations: outer steps per run.
     chunk_alphas: α rows per compiled call (0: all A in one call).
-    store: optional `io.ChunkStore` whose fingerprint identifies this map and
-      its chunking.
+    store: optional `io.ChunkStore` for finished chunks.
+    loss_fn: ``loss_fn(y_hat, y) -> []``.
+    mesh: optional 1-D device mesh over which each chunk's cells are split.
     on_chunk: optional callback(index, total, loaded_from_store).
 
   Returns:
-    (MapRuns of NumPy arrays with [A, B] leading axes, chunks loaded).
+    ChunkedMap.
   """
   alpha = jnp.asarray(alpha)
   num = alpha.shape[0]
   chunk = min(chunk_alphas or num, num)
   total = -(-num // chunk)
-  treedef = jax.tree.structure(MapRuns(*([0] * 6), init_params))
-  parts, loaded_count = [], 0
+  call = lambda a: run_map(apply_fn, init_params, batch, a, beta, method=method,
+                           iterations=iterations, loss_fn=loss_fn, mesh=mesh)
+  like = jax.eval_shape(call, alpha[:chunk]) if store is not None else None
+  parts, loaded_count, seconds = [], 0, 0.0
   for c in range(total):
-    loaded = store.load_tree(c, treedef) if store is not None else None
-    if loaded is not None:
+    loaded = store.load_tree(c, like) if store is not None else None
+    if loaded is not None and "seconds" in loaded[1]:
       part, loaded_count = loaded[0], loaded_count + 1
+      seconds += float(loaded[1]["seconds"])
     else:
+      loaded = None
+      start = time.perf_counter()
       rows = np.minimum(np.arange(c * chunk, (c + 1) * chunk), num - 1)
-      part = jax.device_get(run_map(apply_fn, init_params, batch, alpha[rows], beta,
-                                    method=method, iterations=iterations,
-                                    loss_fn=loss_fn, mesh=mesh))
+      part = jax.device_get(call(alpha[rows]))
+      elapsed = time.perf_counter() - start
+      seconds += elapsed
       if store is not None:
-        store.save_tree(c, part)
+        store.save_tree(c, part, seconds=elapsed)
     parts.append(part)
     if on_chunk is not None:
       on_chunk(c, total, loaded is not None)
   runs = jax.tree.map(lambda *xs: np.concatenate(xs)[:num], *parts)
-  return runs, loaded_count
+  return ChunkedMap(runs, loaded_count, seconds)
 
 
 def classify(final: ArrayLike, initial: ArrayLike, nonfinite: ArrayLike,

@@ -353,21 +353,24 @@ def run(config: NonlinearSweepConfig, *,
     start = time.perf_counter()
     saved = None
     if store is not None:
-      # Same config, same stage: the output's tree from its shapes.
-      treedef = jax.tree.structure(jax.eval_shape(lambda: fn(*args, **kwargs)))
-      saved = store.load_tree(index, treedef)
+      # Same config, same stage: the output's tree, shapes and dtypes.
+      saved = store.load_tree(index, jax.eval_shape(lambda: fn(*args, **kwargs)))
+    note = ""
     if saved is not None:
       out = jax.tree.map(jnp.asarray, saved[0])
-      # The time the stage took when computed (the load time if not saved).
-      seconds[name] = float(saved[1].get("seconds", time.perf_counter() - start))
       resumed.append(name)
+      if "seconds" in saved[1]:       # the time the stage took when computed
+        seconds[name] = float(saved[1]["seconds"])
+        note = " (computed by a previous run, loaded)"
+      else:
+        seconds[name] = time.perf_counter() - start
+        note = " (loaded from a previous run; its compute time was not recorded)"
     else:
       out = jax.block_until_ready(fn(*args, **kwargs))
       seconds[name] = time.perf_counter() - start
       if store is not None:
         store.save_tree(index, out, seconds=seconds[name])
-    say(f"{name}: {seconds[name]:.1f} s" + (" (computed by a previous run, loaded)"
-                                           if saved is not None else ""))
+    say(f"{name}: {seconds[name]:.1f} s{note}")
     return out
 
   with jax.enable_x64(True):
