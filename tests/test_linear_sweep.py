@@ -140,6 +140,13 @@ class ResumeTest(absltest.TestCase):
       # A different sweep never picks up these chunks.
       other = io.ChunkStore(d, "sweep-b")
       self.assertIsNone(other.load(0))
+      # Nor does this sweep pick up a chunk of the wrong shape under its name.
+      store.save(1, {k: v[:3] for k, v in store.load(1).items()})
+      events.clear()
+      again = _sweep.run_sweep(_problem(), grid, 0.2, store=store,
+                               on_chunk=lambda i, t, loaded: events.append(loaded), **kw)
+      self.assertEqual(events, [True, False, True])
+      _assert_runs_close(reference, again, rtol=0, atol=0)
 
 
 class ShardingTest(absltest.TestCase):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from negmeta import _checks
+from negmeta import _checks, io
 from negmeta.sinusoid import _kernel
 from negmeta.sinusoid import experiment
 
@@ -59,6 +59,42 @@ class OneTraceTest(absltest.TestCase):
       self.assertFalse(np.allclose(a.query, b.query))
       with self.assertRaises(AssertionError):   # a new grid *shape* retraces
         experiment.run(dataclasses.replace(small, alpha_r=(0.1,)))
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_interrupted_run_resumes_from_its_finished_chunks(self):
+    small = dataclasses.replace(TINY, iterations=5, test_tasks=4, chunk_members=4)
+    reference = experiment.run(small)
+    real = experiment._compiled_kernel
+    calls = []
+
+    def interrupted(*args, **kwargs):
+      compiled = real(*args, **kwargs)
+
+      def call(*a):
+        calls.append(1)
+        if len(calls) == 2:
+          raise KeyboardInterrupt
+        return compiled(*a)
+      return call
+
+    with tempfile.TemporaryDirectory() as d:
+      with mock.patch.object(experiment, "_compiled_kernel", interrupted):
+        with self.assertRaises(KeyboardInterrupt):
+          experiment.run(small, store_dir=d)
+      self.assertEqual(os.listdir(d), ["chunk_00000.npz"])
+      resumed = experiment.run(small, store_dir=d)
+      self.assertEqual(resumed.resumed_chunks, 1)
+      # A chunk of the wrong shape under this run's name is recomputed.
+      store = io.ChunkStore(d, io.fingerprint(experiment.run_identity(small)))
+      store.save(0, {k: v[:2] for k, v in store.load(0).items()})
+      again = experiment.run(small, store_dir=d)
+      self.assertEqual(again.resumed_chunks, 1)        # chunk 1 only
+    for got in (resumed, again):
+      for name in ("query", "dense", "train_losses", "diverged", "params"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(reference, name),
+                                      err_msg=name)
 
 
 class IsolationTest(absltest.TestCase):

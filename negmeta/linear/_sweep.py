@@ -274,6 +274,9 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     start = c * chunk
     valid = min(chunk, runs - start)
     saved = store.load(c) if store is not None else None
+    if saved is not None and (set(saved) != set(RunValues._fields) or any(
+        v.shape != (valid, grid_size) for v in saved.values())):
+      saved = None          # not this sweep's chunk: recompute, never mix in
     loaded = saved is not None
     if not loaded:
       # One compiled call per chunk: a lax.map over its batches of b runs.

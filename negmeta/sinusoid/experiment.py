@@ -375,6 +375,9 @@ def run(config: SinusoidConfig, *, preset_name: str | None = None,
     compiled = None
     for c in range(num_chunks):
       saved = store.load(c) if store is not None else None
+      if saved is not None and (set(saved) != set(_kernel.GridOutputs._fields) or any(
+          v.shape[:1] != (chunk,) for v in saved.values())):
+        saved = None        # not this run's chunk: recompute, never mix in
       if saved is not None:
         parts.append(saved)
         resumed += 1
