@@ -25,8 +25,6 @@ iterations and seed may be changed. With --chunk_alphas=K the map runs K rows of
 
 from __future__ import annotations
 
-import os
-import shutil
 
 from absl import app, flags
 
@@ -85,12 +83,10 @@ def config_from_flags() -> experiment.ConvergenceMapConfig:
 
 def main(argv):
   config, workdir = cli.start("convergence_map", argv, _WORKDIR.value, config_from_flags)
-  chunks = os.path.join(workdir, "chunks") if config.chunk_alphas else None
-  result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
-                          store_dir=chunks)
-  paths = experiment.save(result, workdir)
-  if chunks:
-    shutil.rmtree(chunks, ignore_errors=True)   # superseded by map.npz
+  with cli.resume_dir(workdir, "chunks", bool(config.chunk_alphas)) as chunks:
+    result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
+                            store_dir=chunks)
+    paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)
 
 

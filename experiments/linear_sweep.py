@@ -19,8 +19,6 @@ the swept one); flags that contradict it are an error, while --runs, --test_task
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 from absl import app, flags
 
@@ -82,12 +80,10 @@ def config_from_flags() -> experiment.LinearSweepConfig:
 
 def main(argv):
   config, workdir = cli.start("linear_sweep", argv, _WORKDIR.value, config_from_flags)
-  chunks = os.path.join(workdir, "chunks") if config.chunk_runs else None
   mesh = cli.mesh_from_flag(_SHARD.value, axis_name="runs")
-  result = experiment.run(config, store_dir=chunks, mesh=mesh, log=print)
-  paths = experiment.save(result, workdir)
-  if chunks:
-    shutil.rmtree(chunks, ignore_errors=True)   # superseded by runs.npz
+  with cli.resume_dir(workdir, "chunks", bool(config.chunk_runs)) as chunks:
+    result = experiment.run(config, store_dir=chunks, mesh=mesh, log=print)
+    paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)
 
 

@@ -22,8 +22,6 @@ optimizer and steps); flags that contradict it are an error, while --grid,
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 from absl import app, flags
 
@@ -90,11 +88,10 @@ def config_from_flags() -> experiment.NonlinearSweepConfig:
 
 def main(argv):
   config, workdir = cli.start("nonlinear_sweep", argv, _WORKDIR.value, config_from_flags)
-  stages = os.path.join(workdir, "stages")   # finished stages: a rerun resumes
-  result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
-                          store_dir=stages)
-  paths = experiment.save(result, workdir)
-  shutil.rmtree(stages, ignore_errors=True)   # superseded by runs.npz
+  with cli.resume_dir(workdir, "stages") as stages:   # finished stages: resumable
+    result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
+                            store_dir=stages)
+    paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)
 
 

@@ -30,8 +30,6 @@ may be changed (recorded as modified_from_preset).
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 
 from absl import app, flags
 
@@ -99,12 +97,10 @@ def config_from_flags() -> experiment.SinusoidConfig:
 
 def main(argv):
   config, workdir = cli.start("sinusoid", argv, _WORKDIR.value, config_from_flags)
-  chunks = os.path.join(workdir, "chunks") if config.chunk_members else None
-  result = experiment.run(config, preset_name=_PRESET.value, store_dir=chunks,
-                          log=print, mesh=cli.mesh_from_flag(_SHARD.value))
-  paths = experiment.save(result, workdir)
-  if chunks:
-    shutil.rmtree(chunks, ignore_errors=True)   # superseded by runs.npz
+  with cli.resume_dir(workdir, "chunks", bool(config.chunk_members)) as chunks:
+    result = experiment.run(config, preset_name=_PRESET.value, store_dir=chunks,
+                            log=print, mesh=cli.mesh_from_flag(_SHARD.value))
+    paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -89,6 +91,29 @@ def start(binary: str, argv, workdir: str | None, config_from_flags):
       raise _checks.ConfigError("workdir", "is required: a writable output directory")
     config = config_from_flags()
     return config, io.prepare_workdir(workdir)
+
+
+@contextlib.contextmanager
+def resume_dir(workdir: str, name: str, enabled: bool = True
+               ) -> Iterator[str | None]:
+  """``<workdir>/<name>`` for a run's finished chunks while the block runs.
+
+  The directory is removed when the block ends normally (the results saved in
+  it supersede the chunks), and kept when it raises, so that rerunning the
+  same command resumes.
+
+  Args:
+    workdir: the prepared workdir.
+    name: the subdirectory ("chunks", "stages").
+    enabled: whether the run saves chunks at all (else the block gets None).
+
+  Yields:
+    The directory's path, or None when not enabled.
+  """
+  path = os.path.join(workdir, name) if enabled else None
+  yield path
+  if path is not None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def report(table: str, paths: dict[str, str]) -> None:

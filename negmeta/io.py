@@ -8,6 +8,7 @@ half-written file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from io import BytesIO
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -168,6 +169,21 @@ def runtime_record() -> dict[str, Any]:
   return record
 
 
+def config_identity(config: Any, **extra: Any) -> dict[str, Any]:
+  """What a resumable run's saved chunks depend on: a dataclass config and JAX.
+
+  Args:
+    config: a (validated) dataclass config.
+    **extra: further entries (e.g. a protocol's name).
+
+  Returns:
+    The config's fields, the JAX version (the same seed may draw other numbers
+    under another version) and `extra`, for `fingerprint`.
+  """
+  import jax  # local: the rest of io needs no JAX.
+  return dict(dataclasses.asdict(config), jax=jax.__version__, **extra)
+
+
 def fingerprint(config: Mapping[str, Any]) -> str:
   """A short stable hash of a JSON-able config, for matching saved chunks."""
   text = json.dumps(config, sort_keys=True, default=_json_default)
@@ -189,15 +205,32 @@ class ChunkStore:
   def _path(self, index: int) -> str:
     return os.path.join(self.directory, f"chunk_{index:05d}.npz")
 
-  def load(self, index: int) -> dict[str, np.ndarray] | None:
-    """The saved arrays of chunk `index`, or None if absent or from another sweep."""
+  def load(self, index: int, *, fields: Sequence[str] | None = None,
+           leading: Sequence[int] = ()) -> dict[str, np.ndarray] | None:
+    """The saved arrays of chunk `index`, if they are this sweep's.
+
+    Args:
+      index: the chunk's number.
+      fields: the names the chunk must hold, exactly (None: any).
+      leading: the leading dimensions every array must have.
+
+    Returns:
+      {name: array}, or None when the chunk is absent, from another sweep, or
+      of other fields or leading dimensions (then it is recomputed, never mixed
+      in).
+    """
     path = self._path(index)
     if not os.path.exists(path):
       return None
     with np.load(path) as data:
       if str(data["_fingerprint"]) != self.fingerprint:
         return None
-      return {k: data[k] for k in data.files if k != "_fingerprint"}
+      arrays = {k: data[k] for k in data.files if k != "_fingerprint"}
+    if fields is not None and set(arrays) != set(fields):
+      return None
+    if any(v.shape[:len(leading)] != tuple(leading) for v in arrays.values()):
+      return None
+    return arrays
 
   def save(self, index: int, arrays: Mapping[str, np.ndarray]) -> None:
     os.makedirs(self.directory, exist_ok=True)   # in case it was removed meanwhile

@@ -516,7 +516,7 @@ def map_identity(config: ConvergenceMapConfig) -> dict[str, Any]:
     The whole config (the chunking included) and the JAX version, for
     `io.fingerprint`.
   """
-  return dict(dataclasses.asdict(config), jax=jax.__version__)
+  return io.config_identity(config)
 
 
 def run(config: ConvergenceMapConfig, *, log: Callable[[str], None] | None = None,

@@ -273,10 +273,8 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
   for c in range(n_chunks):
     start = c * chunk
     valid = min(chunk, runs - start)
-    saved = store.load(c) if store is not None else None
-    if saved is not None and (set(saved) != set(RunValues._fields) or any(
-        v.shape != (valid, grid_size) for v in saved.values())):
-      saved = None          # not this sweep's chunk: recompute, never mix in
+    saved = (store.load(c, fields=RunValues._fields, leading=(valid, grid_size))
+             if store is not None else None)
     loaded = saved is not None
     if not loaded:
       # One compiled call per chunk: a lax.map over its batches of b runs.

@@ -308,10 +308,9 @@ def uses_conditional(config: LinearSweepConfig) -> bool:
 
 def sweep_identity(config: LinearSweepConfig) -> dict[str, Any]:
   """What determines the per-run values (for matching resumable chunks)."""
-  ident = dataclasses.asdict(config)
+  # Test points drawn in the error span (_maml): the "reduced" protocol.
+  ident = io.config_identity(config, protocol="reduced")
   ident.pop("batch_size")   # batching does not change per-run values
-  ident["jax"] = jax.__version__
-  ident["protocol"] = "reduced"   # test points drawn in the error span (_maml)
   return ident
 
 

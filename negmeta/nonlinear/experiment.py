@@ -344,8 +344,7 @@ def run(config: NonlinearSweepConfig, *,
   sizes = sizes_of(config)
   seconds: dict[str, float] = {}
   resumed: list[str] = []
-  store = (io.ChunkStore(store_dir, io.fingerprint(
-      dict(dataclasses.asdict(config), jax=jax.__version__)))
+  store = (io.ChunkStore(store_dir, io.fingerprint(io.config_identity(config)))
            if store_dir is not None else None)
 
   def timed(name, fn, *args, **kwargs):

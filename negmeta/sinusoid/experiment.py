@@ -327,9 +327,7 @@ def _compiled_kernel(static: dict[str, Any], *args: jax.Array):
 
 def run_identity(config: SinusoidConfig) -> dict[str, Any]:
   """What determines the per-member values (for matching resumable chunks)."""
-  ident = dataclasses.asdict(config)
-  ident["jax"] = jax.__version__
-  return ident
+  return io.config_identity(config)
 
 
 def run(config: SinusoidConfig, *, preset_name: str | None = None,
@@ -374,10 +372,8 @@ def run(config: SinusoidConfig, *, preset_name: str | None = None,
     meta_lr = jnp.asarray(config.meta_lr, dtype)
     compiled = None
     for c in range(num_chunks):
-      saved = store.load(c) if store is not None else None
-      if saved is not None and (set(saved) != set(_kernel.GridOutputs._fields) or any(
-          v.shape[:1] != (chunk,) for v in saved.values())):
-        saved = None        # not this run's chunk: recompute, never mix in
+      saved = (store.load(c, fields=_kernel.GridOutputs._fields, leading=(chunk,))
+               if store is not None else None)
       if saved is not None:
         parts.append(saved)
         resumed += 1
