@@ -169,19 +169,50 @@ def runtime_record() -> dict[str, Any]:
   return record
 
 
+def code_fingerprint(directory: str | None = None) -> str:
+  """A short hash of a package's Python source (default: negmeta's own).
+
+  Hashes every `*.py` file under `directory` (relative path and bytes, in
+  sorted order; caches such as `__pycache__` are not read), so any edit to
+  the code that computes a sweep changes it.
+
+  Args:
+    directory: the package directory (default: the installed negmeta's).
+
+  Returns:
+    16 hex digits.
+  """
+  root = directory or os.path.dirname(os.path.abspath(__file__))
+  digest = hashlib.sha256()
+  files = sorted(os.path.relpath(os.path.join(d, f), root)
+                 for d, _, names in os.walk(root) for f in names if f.endswith(".py"))
+  for rel in files:
+    with open(os.path.join(root, rel), "rb") as f:
+      content = f.read()
+    digest.update(rel.replace(os.sep, "/").encode() + b"\0")
+    digest.update(hashlib.sha256(content).digest())
+  return digest.hexdigest()[:16]
+
+
 def config_identity(config: Any, **extra: Any) -> dict[str, Any]:
-  """What a resumable run's saved chunks depend on: a dataclass config and JAX.
+  """What a resumable run's saved chunks depend on: config, code and JAX.
 
   Args:
     config: a (validated) dataclass config.
     **extra: further entries (e.g. a protocol's name).
 
   Returns:
-    The config's fields, the JAX version (the same seed may draw other numbers
-    under another version) and `extra`, for `fingerprint`.
+    The config's fields, a hash of negmeta's source (`code_fingerprint`: an
+    edit between an interrupted run and its rerun recomputes everything
+    rather than mixing chunks of two versions of the code), the JAX version
+    and its PRNG implementation flag (the same seed may draw other numbers
+    under either) and `extra`, for `fingerprint`.
   """
   import jax  # local: the rest of io needs no JAX.
-  return dict(dataclasses.asdict(config), jax=jax.__version__, **extra)
+  return dict(dataclasses.asdict(config), negmeta_code=code_fingerprint(),
+              jax=jax.__version__,
+              jax_threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
+              **extra)
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:
