@@ -81,9 +81,14 @@ def config_from_flags() -> experiment.ConvergenceMapConfig:
   return experiment.preset(_PRESET.value, **given)
 
 
+# The flags that set how much memory a run needs (named when it runs out).
+_SIZE_FLAGS = ("alpha_num", "beta_num", "chunk_alphas")
+
+
 def main(argv):
   config, workdir = cli.start("convergence_map", argv, _WORKDIR.value, config_from_flags)
-  with cli.resume_dir(workdir, "chunks", bool(config.chunk_alphas)) as chunks:
+  with (cli.run_errors("convergence_map", _SIZE_FLAGS),
+        cli.resume_dir(workdir, "chunks", bool(config.chunk_alphas)) as chunks):
     result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
                             store_dir=chunks)
     paths = experiment.save(result, workdir)

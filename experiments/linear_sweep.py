@@ -43,10 +43,11 @@ flags.DEFINE_float("alpha_t", None, "Meta-training inner rate (fixed when sweepi
                    f"|x| <= {_BOUND:g}).")
 flags.DEFINE_float("alpha_r", None, f"Adaptation rate (fixed when sweeping α_t; |x| <= {_BOUND:g}).")
 flags.DEFINE_enum("sweep", None, list(experiment.SWEEPS), "Which rate the grid varies.")
-flags.DEFINE_float("grid_min", None, "Smallest swept value.")
-flags.DEFINE_float("grid_max", None, "Largest swept value.")
-flags.DEFINE_integer("grid_num", None, "Number of swept values (1 .. 100000).")
-flags.DEFINE_list("grid", None, "Explicit swept values (comma-separated); "
+flags.DEFINE_float("grid_min", None, f"Smallest swept value (|x| <= {_BOUND:g}).")
+flags.DEFINE_float("grid_max", None, f"Largest swept value (|x| <= {_BOUND:g}).")
+flags.DEFINE_integer("grid_num", None, "Number of swept values (1 .. 100000; 1 only "
+                     "when --grid_min = --grid_max).")
+flags.DEFINE_list("grid", None, f"Explicit swept values (comma-separated, |x| <= {_BOUND:g}); "
                   "overrides --grid_min/--grid_max/--grid_num.")
 flags.DEFINE_integer("runs", None, f"Independent runs (2 .. {experiment.MAX_RUNS}).")
 flags.DEFINE_integer("test_tasks", None, f"New tasks evaluated per run (1 .. {_MAX}).")
@@ -78,10 +79,15 @@ def config_from_flags() -> experiment.LinearSweepConfig:
   return experiment.validate(experiment.LinearSweepConfig(**given))
 
 
+# The flags that set how much memory a run needs (named when it runs out).
+_SIZE_FLAGS = ("p", "n_t", "n_r", "m", "runs", "test_tasks", "test_points", "batch_size")
+
+
 def main(argv):
   config, workdir = cli.start("linear_sweep", argv, _WORKDIR.value, config_from_flags)
   mesh = cli.mesh_from_flag(_SHARD.value, axis_name="runs")
-  with cli.resume_dir(workdir, "chunks", bool(config.chunk_runs)) as chunks:
+  with (cli.run_errors("linear_sweep", _SIZE_FLAGS),
+        cli.resume_dir(workdir, "chunks", bool(config.chunk_runs)) as chunks):
     result = experiment.run(config, store_dir=chunks, mesh=mesh, log=print)
     paths = experiment.save(result, workdir)
   cli.report(experiment.summary_table(result), paths)

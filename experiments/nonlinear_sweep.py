@@ -28,6 +28,7 @@ from absl import app, flags
 from negmeta import _checks, cli
 from negmeta.nonlinear import experiment
 
+_RATE = _checks.MAX_ABS_RATE
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
                             "Problem to run (fixes the problem parameters).")
 flags.DEFINE_integer("d", None, "Input dimension (>= 1).")
@@ -41,8 +42,8 @@ flags.DEFINE_float("b_mean", None, "b̄, mean task offset.")
 flags.DEFINE_float("nu_w", None, "Task spread of w (>= 0).")
 flags.DEFINE_float("nu_b", None, "Task spread of b (>= 0).")
 flags.DEFINE_float("sigma", None, "Label noise σ (>= 0).")
-flags.DEFINE_list("alpha_r", None, "Adaptation rate(s) (in --units, comma-separated; "
-                  "the first is the primary one).")
+flags.DEFINE_list("alpha_r", None, "Adaptation rate(s) (in --units, comma-separated, "
+                  f"1 .. 16 values, |x| <= {_RATE:g}; the first is the primary one).")
 flags.DEFINE_enum("units", None, list(experiment.UNITS),
                   "Rates in units of 1/λ̄ (curvature) or absolute.")
 flags.DEFINE_integer("num_steps", None, "Outer (meta-training) steps (>= 1).")
@@ -50,10 +51,12 @@ flags.DEFINE_float("momentum", None, "Heavy-ball momentum of the outer SGD, [0, 
 flags.DEFINE_float("outer_lr", None, "Outer rate in units of 1/λ_max of the "
                    "linearized meta-Hessian, in (0, 2(1 + momentum)).")
 flags.DEFINE_bool("antisymmetric", None, "Antisymmetric init (f(·; θ₀) ≡ 0).")
-flags.DEFINE_float("grid_min", None, "Smallest α_t (in --units).")
-flags.DEFINE_float("grid_max", None, "Largest α_t (in --units).")
-flags.DEFINE_integer("grid_num", None, "Number of α_t values (>= 1).")
-flags.DEFINE_list("grid", None, "Explicit α_t values (comma-separated; 0 is always "
+flags.DEFINE_float("grid_min", None, f"Smallest α_t (in --units, |x| <= {_RATE:g}).")
+flags.DEFINE_float("grid_max", None, f"Largest α_t (in --units, |x| <= {_RATE:g}).")
+flags.DEFINE_integer("grid_num", None, f"Number of α_t values (1 .. {experiment.MAX_GRID}; "
+                     "1 only when --grid_min = --grid_max).")
+flags.DEFINE_list("grid", None, f"Explicit α_t values (comma-separated, at most "
+                  f"{experiment.MAX_GRID}, |x| <= {_RATE:g}; 0 is always "
                   "added); overrides --grid_min/--grid_max/--grid_num.")
 flags.DEFINE_integer("seeds", None, "Independent runs (>= 2).")
 flags.DEFINE_integer("test_tasks", None, "Test tasks per run (>= 1).")
@@ -86,9 +89,15 @@ def config_from_flags() -> experiment.NonlinearSweepConfig:
   return experiment.validate(experiment.NonlinearSweepConfig(**given))
 
 
+# The flags that set how much memory a run needs (named when it runs out).
+_SIZE_FLAGS = ("d", "width", "m", "n_t", "seeds", "test_tasks", "test_points", "grid_batch",
+               "eval_batch")
+
+
 def main(argv):
   config, workdir = cli.start("nonlinear_sweep", argv, _WORKDIR.value, config_from_flags)
-  with cli.resume_dir(workdir, "stages") as stages:   # finished stages: resumable
+  with (cli.run_errors("nonlinear_sweep", _SIZE_FLAGS),
+        cli.resume_dir(workdir, "stages") as stages):   # finished stages: resumable
     result = experiment.run(config, log=print, mesh=cli.mesh_from_flag(_SHARD.value),
                             store_dir=stages)
     paths = experiment.save(result, workdir)

@@ -33,40 +33,44 @@ import dataclasses
 
 from absl import app, flags
 
-from negmeta import cli
+from negmeta import _checks, cli
 from negmeta.sinusoid import experiment
 
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
                             "Named setup (finn_table2 reproduces MAML's Table 2).")
-flags.DEFINE_list("alpha_t", None, "Meta-training inner rates (comma-separated); "
-                  "overrides --alpha_t_min/--alpha_t_max/--alpha_t_num.")
-flags.DEFINE_float("alpha_t_min", None, "Smallest meta-training rate α_t.")
-flags.DEFINE_float("alpha_t_max", None, "Largest meta-training rate α_t.")
-flags.DEFINE_integer("alpha_t_num", None, "Number of α_t values (>= 1).")
-flags.DEFINE_list("alpha_r", None, "Adaptation rates at evaluation "
-                  "(comma-separated); overrides --alpha_r_min/_max/_num.")
-flags.DEFINE_float("alpha_r_min", None, "Smallest adaptation rate α_r.")
-flags.DEFINE_float("alpha_r_max", None, "Largest adaptation rate α_r.")
-flags.DEFINE_integer("alpha_r_num", None, "Number of α_r values (>= 1).")
-flags.DEFINE_integer("iterations", None, "Meta-training iterations (>= 1).")
-flags.DEFINE_integer("meta_batch", None, "Tasks per meta-iteration (>= 1).")
-flags.DEFINE_integer("k_support", None, "Support points per training task (>= 1).")
-flags.DEFINE_integer("k_query", None, "Query points per training task (>= 1).")
-flags.DEFINE_integer("inner_steps", None, "Inner steps in meta-training (>= 1).")
-flags.DEFINE_float("meta_lr", None, "Adam meta learning rate β (> 0).")
+_RATE, _GRID = _checks.MAX_ABS_RATE, experiment.MAX_GRID
+flags.DEFINE_list("alpha_t", None, "Meta-training inner rates (comma-separated, at most "
+                  f"{_GRID}, |x| <= {_RATE:g}); overrides "
+                  "--alpha_t_min/--alpha_t_max/--alpha_t_num.")
+flags.DEFINE_float("alpha_t_min", None, f"Smallest meta-training rate α_t (|x| <= {_RATE:g}).")
+flags.DEFINE_float("alpha_t_max", None, f"Largest meta-training rate α_t (|x| <= {_RATE:g}).")
+flags.DEFINE_integer("alpha_t_num", None, f"Number of α_t values (1 .. {_GRID}; 1 only "
+                     "when --alpha_t_min = --alpha_t_max).")
+flags.DEFINE_list("alpha_r", None, "Adaptation rates at evaluation (comma-separated, "
+                  f"at most {_GRID}, |x| <= {_RATE:g}); overrides --alpha_r_min/_max/_num.")
+flags.DEFINE_float("alpha_r_min", None, f"Smallest adaptation rate α_r (|x| <= {_RATE:g}).")
+flags.DEFINE_float("alpha_r_max", None, f"Largest adaptation rate α_r (|x| <= {_RATE:g}).")
+flags.DEFINE_integer("alpha_r_num", None, f"Number of α_r values (1 .. {_GRID}; 1 only "
+                     "when --alpha_r_min = --alpha_r_max).")
+flags.DEFINE_integer("iterations", None, "Meta-training iterations (1 .. 10^8).")
+flags.DEFINE_integer("meta_batch", None, "Tasks per meta-iteration (1 .. 10^6).")
+flags.DEFINE_integer("k_support", None, "Support points per training task (1 .. 10^5).")
+flags.DEFINE_integer("k_query", None, "Query points per training task (1 .. 10^5).")
+flags.DEFINE_integer("inner_steps", None, "Inner steps in meta-training (1 .. 1000).")
+flags.DEFINE_float("meta_lr", None, f"Adam meta learning rate β (> 0, <= {_RATE:g}).")
 flags.DEFINE_bool("first_order", None, "First-order MAML meta-gradient.")
-flags.DEFINE_integer("seeds", None, "Independent seeds per grid value (>= 1).")
-flags.DEFINE_integer("seed", None, "First seed (seeds are seed..seed+seeds-1).")
-flags.DEFINE_integer("test_tasks", None, "Test tasks per seed (>= 2; Finn: 600).")
-flags.DEFINE_integer("eval_shots", None, "Fine-tuning points per test task (>= 1).")
-flags.DEFINE_integer("eval_steps", None, "Fine-tuning SGD steps (>= 0).")
+flags.DEFINE_integer("seeds", None, "Independent seeds per grid value (1 .. 10000).")
+flags.DEFINE_integer("seed", None, "First seed (seeds are seed..seed+seeds-1 <= 2^31-1).")
+flags.DEFINE_integer("test_tasks", None, "Test tasks per seed (2 .. 10^6; Finn: 600).")
+flags.DEFINE_integer("eval_shots", None, "Fine-tuning points per test task (1 .. 10^5).")
+flags.DEFINE_integer("eval_steps", None, "Fine-tuning SGD steps (0 .. 1000).")
 flags.DEFINE_integer("test_points", None, "Random held-out points per test task "
-                     "(0 = as many as --eval_shots, as cbfinn/maml).")
+                     "(0 .. 10^5; 0 = as many as --eval_shots, as cbfinn/maml).")
 flags.DEFINE_integer("dense_points", None, "Midpoint-grid points over [-5, 5] for "
-                     "the low-noise estimator (0 = off).")
+                     "the low-noise estimator (0 .. 10^5; 0 = off).")
 flags.DEFINE_integer("chunk_members", None, "Grid members per compiled call, each "
                      "saved to <workdir>/chunks so an interrupted run resumes "
-                     "(0 = all).")
+                     "(0 = all; at most seeds × number of α_t).")
 flags.DEFINE_enum("remat", None, list(experiment.REMAT),
                   "Inner-loop rematerialization.")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Float type.")
@@ -95,9 +99,15 @@ def config_from_flags() -> experiment.SinusoidConfig:
   return experiment.validate(experiment.SinusoidConfig(**given))
 
 
+# The flags that set how much memory a run needs (named when it runs out).
+_SIZE_FLAGS = ("meta_batch", "k_support", "k_query", "seeds", "test_tasks", "eval_shots",
+               "dense_points", "chunk_members")
+
+
 def main(argv):
   config, workdir = cli.start("sinusoid", argv, _WORKDIR.value, config_from_flags)
-  with cli.resume_dir(workdir, "chunks", bool(config.chunk_members)) as chunks:
+  with (cli.run_errors("sinusoid", _SIZE_FLAGS),
+        cli.resume_dir(workdir, "chunks", bool(config.chunk_members)) as chunks):
     result = experiment.run(config, preset_name=_PRESET.value, store_dir=chunks,
                             log=print, mesh=cli.mesh_from_flag(_SHARD.value))
     paths = experiment.save(result, workdir)

@@ -12,6 +12,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 
+# The largest |learning rate| any study accepts: far beyond every divergence
+# threshold, and small enough that float32 and the theory's polynomials in the
+# rates stay finite.
+MAX_ABS_RATE = 1e6
+
+
 class ConfigError(ValueError):
   """A configuration value outside its allowed range.
 

@@ -37,7 +37,8 @@ def linear_grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
 
 
 def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid",
-                    max_points: int = 100_000) -> tuple[float, ...] | None:
+                    max_points: int = 100_000,
+                    max_abs: float = _checks.MAX_ABS_RATE) -> tuple[float, ...] | None:
   """The swept grid from ``--<prefix>`` or ``--<prefix>_min/_max/_num`` flags.
 
   Args:
@@ -45,12 +46,14 @@ def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid",
     base: the default grid; unspecified bounds/count fall back to it.
     prefix: flag name prefix (e.g. "grid", "alpha_grid").
     max_points: the most grid values allowed (checked before any is made).
+    max_abs: the largest |value| allowed (checked on the bounds and values).
 
   Returns:
     The grid, or None when no grid flag was given.
 
   Raises:
-    ConfigError: naming the offending flag.
+    ConfigError: naming the offending flag (the one the user gave, when a
+      bound given on the command line clashes with the default of the other).
   """
   f = flag_values
   lo_n, hi_n, num_n = f"{prefix}_min", f"{prefix}_max", f"{prefix}_num"
@@ -59,15 +62,24 @@ def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid",
       if f[name].present:
         raise _checks.ConfigError(
             name, f"cannot be combined with --{prefix} (an explicit list of values)")
-    return _checks.real_grid(prefix, f[prefix].value or (), max_points=max_points)
+    return _checks.real_grid(prefix, f[prefix].value or (), max_points=max_points,
+                             max_abs=max_abs)
   if not any(f[k].present for k in (lo_n, hi_n, num_n)):
     return None
-  lo = _checks.real(lo_n, f[lo_n].value if f[lo_n].value is not None else min(base))
-  hi = _checks.real(hi_n, f[hi_n].value if f[hi_n].value is not None else max(base))
+  bounded = lambda name, value: _checks.real(name, value, lo=-max_abs, hi=max_abs)  # noqa: E731
+  lo = bounded(lo_n, f[lo_n].value if f[lo_n].value is not None else min(base))
+  hi = bounded(hi_n, f[hi_n].value if f[hi_n].value is not None else max(base))
   num = _checks.integer(num_n, f[num_n].value if f[num_n].value is not None
                         else len(base), maximum=max_points)
   if hi < lo:
-    raise _checks.ConfigError(hi_n, f"must be >= --{lo_n}={lo:g} (got {hi:g})")
+    if f[hi_n].present or not f[lo_n].present:
+      raise _checks.ConfigError(hi_n, f"must be >= --{lo_n}={lo:g}"
+                                f"{'' if f[lo_n].present else ' (its default)'} (got {hi:g})")
+    raise _checks.ConfigError(lo_n, f"must be <= --{hi_n}={hi:g} (its default; "
+                              f"give --{hi_n} too) (got {lo:g})")
+  if num == 1 and hi != lo:
+    raise _checks.ConfigError(num_n, f"must be >= 2 when --{lo_n} != --{hi_n} "
+                              f"(got 1); for a single value give --{prefix}=<value>")
   return linear_grid(lo, hi, num)
 
 
@@ -83,14 +95,47 @@ def start(binary: str, argv, workdir: str | None, config_from_flags):
   Returns:
     (config, prepared workdir path). Exits with one line on a ConfigError.
   """
-  from absl import app  # local: the library itself does not need absl.app.
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"{binary}: error: unexpected arguments: {' '.join(argv[1:])} (every "
+             "setting is a flag, --name=value; --helpshort lists them)")
   with config_errors(binary):
     if not workdir:
       raise _checks.ConfigError("workdir", "is required: a writable output directory")
     config = config_from_flags()
     return config, io.prepare_workdir(workdir)
+
+
+@contextlib.contextmanager
+def run_errors(binary: str, size_flags: Sequence[str]) -> Iterator[None]:
+  """One-line errors for what fails after the config was accepted.
+
+  A ConfigError (e.g. an output path blocked by a directory) prints as
+  ``<binary>: error: --<flag>: <detail>``; running out of host or device
+  memory prints the size that failed and the flags that set the sizes. Both
+  exit 1; finished chunks are kept (see `resume_dir`).
+
+  Args:
+    binary: the binary's name, for error lines.
+    size_flags: the flags that set the run's memory (e.g. ("p", "runs")).
+  """
+  try:
+    yield
+  except _checks.ConfigError as e:
+    sys.exit(f"{binary}: error: --{e.name}: {e.detail}")
+  except Exception as e:   # noqa: BLE001 -- only out-of-memory is handled
+    if not _out_of_memory(e):
+      raise
+    need = re.search(r"allocating (\d+) bytes", str(e))
+    what = f" (a buffer of {int(need.group(1)) / 2**30:,.1f} GiB)" if need else ""
+    sys.exit(f"{binary}: error: out of memory{what}; reduce --"
+             + ", --".join(size_flags))
+
+
+def _out_of_memory(error: BaseException) -> bool:
+  if isinstance(error, MemoryError):
+    return True
+  from jax.errors import JaxRuntimeError  # local: keep absl-only paths light.
+  return isinstance(error, JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
 
 
 @contextlib.contextmanager
@@ -111,6 +156,10 @@ def resume_dir(workdir: str, name: str, enabled: bool = True
     The directory's path, or None when not enabled.
   """
   path = os.path.join(workdir, name) if enabled else None
+  if path is not None and os.path.exists(path) and not os.path.isdir(path):
+    raise _checks.ConfigError(
+        "workdir", f"must not hold a file named {name!r} ({path}): the run keeps "
+        "its finished parts in that directory; remove the file")
   yield path
   if path is not None:
     shutil.rmtree(path, ignore_errors=True)
@@ -150,6 +199,13 @@ def flags_parser(binary: str):
       return flags.FLAGS(argv)
     except flags.Error as e:
       sys.exit(f"{binary}: error: {_flag_error(flags.FLAGS, e)}")
+    except ValueError as e:    # absl: "--noX=v does not take an argument"
+      match = re.match(r"--no(\w+)=(.*) does not take an argument", str(e))
+      if match is None:
+        raise
+      name, value = match.groups()
+      sys.exit(f"{binary}: error: --no{name}: takes no value (got {value!r}); "
+               f"write --{name}=true, --{name}=false or --no{name}")
   return parse
 
 
@@ -173,6 +229,14 @@ def _flag_error(flag_values, error) -> str:
                "(--helpshort describes them)" if known else "see --helpshort")
     return f"--{error.flagname}: unknown flag; {tip}{listing}"
   text = str(error)
+  missing = re.match(r"Missing value for flag (--[\w.]+)", text)
+  if missing:
+    name = missing.group(1)[2:]
+    usage = flag_values[name].help if name in flag_values else ""
+    return f"--{name}: missing value (write --{name}=<value>)" + (
+        f"; --{name}: {usage}" if usage else "")
+  if "Unable to open flagfile" in text:
+    return "--flagfile: " + text.replace("ERROR:: ", "").replace("\n", " ").strip()
   match = re.match(r"flag --([\w.]+)=(.*?): (.*)", text, re.S)
   if match is None:
     return text.replace("\n", " ")

@@ -7,7 +7,6 @@ half-written file.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -17,8 +16,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import zipfile
 from io import BytesIO
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,20 +26,10 @@ import numpy as np
 from negmeta import _checks
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str, suffix: str = "") -> Iterator[str]:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-  os.close(fd)
+def _umask() -> int:
   umask = os.umask(0)
   os.umask(umask)
-  try:
-    yield tmp
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp creates 0600; honour the umask instead
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  return umask
 
 
 def _json_default(obj):
@@ -82,9 +72,7 @@ def _png_bytes(figure) -> bytes:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-  with _atomic_path(path, os.path.splitext(path)[1]) as tmp:
-    with open(tmp, "wb") as f:
-      f.write(data)
+  _write_all({path: data})
 
 
 def write_npz(path: str, **arrays) -> None:
@@ -116,8 +104,39 @@ def write_results(json_path: str, record: Mapping[str, Any], npz_path: str,
   finally:
     for fig in figures.values():
       plotting.close(fig)
-  for path, data in contents.items():
-    _write_bytes(path, data)
+  _write_all(contents)
+
+
+def _write_all(contents: Mapping[str, bytes]) -> None:
+  """Writes several files all or none (as far as the file system allows).
+
+  Every destination is checked, then every file is written to a temporary
+  file beside it, and only then are they moved into place, in order. A
+  destination blocked by a directory, or a failed write, leaves every
+  destination as it was.
+
+  Raises:
+    ConfigError: naming `workdir`, when a directory is in a file's way.
+  """
+  for path in contents:
+    if os.path.isdir(path):
+      raise _checks.ConfigError(
+          "workdir", f"must not hold a directory named {os.path.basename(path)!r} "
+          f"({path}), where the results go; nothing was written")
+  temps = {}
+  try:
+    for path, data in contents.items():
+      fd, temps[path] = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                         prefix=".tmp-", suffix=os.path.splitext(path)[1])
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+      os.chmod(temps[path], 0o666 & ~_umask())   # mkstemp creates 0600
+    for path, tmp in temps.items():
+      os.replace(tmp, path)
+  finally:
+    for tmp in temps.values():
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def prepare_workdir(workdir: str, flag: str = "workdir") -> str:
@@ -246,17 +265,20 @@ class ChunkStore:
       leading: the leading dimensions every array must have.
 
     Returns:
-      {name: array}, or None when the chunk is absent, from another sweep, or
-      of other fields or leading dimensions (then it is recomputed, never mixed
-      in).
+      {name: array}, or None when the chunk is absent, unreadable, from
+      another sweep, or of other fields or leading dimensions (then it is
+      recomputed and overwritten, never mixed in).
     """
     path = self._path(index)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
       return None
-    with np.load(path) as data:
-      if str(data["_fingerprint"]) != self.fingerprint:
-        return None
-      arrays = {k: data[k] for k in data.files if k != "_fingerprint"}
+    try:
+      with np.load(path) as data:
+        if "_fingerprint" not in data.files or str(data["_fingerprint"]) != self.fingerprint:
+          return None
+        arrays = {k: data[k] for k in data.files if k != "_fingerprint"}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+      return None      # unreadable (e.g. truncated by hand): recompute, overwrite
     if fields is not None and set(arrays) != set(fields):
       return None
     if any(v.shape[:len(leading)] != tuple(leading) for v in arrays.values()):

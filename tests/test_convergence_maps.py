@@ -324,6 +324,24 @@ class SinusoidMapTest(absltest.TestCase):
     self.assertGreater(div["diverged_cells"], 0)
     self.assertEqual(div["on_predicted_convergent_side"], 0, msg=div)
 
+  def test_all_diverged_map_takes_the_hessian_at_the_initial_point(self):
+    # Before: the "trained point" was a diverged cell (λ_max ≈ 1e123).
+    res = experiment.run(experiment.preset(
+        "sinusoid", alpha_num=2, beta_num=2, iterations=2, alpha_min=-1e6,
+        alpha_max=1e6, beta_min=1e5, beta_max=1e6))
+    s = res.summary
+    self.assertEqual(s["counts"]["diverged"], 4)
+    tp = s["trained_point"]
+    self.assertIsNone(tp["alpha"])
+    self.assertIn("every cell diverged", tp["choice"])
+    eig = s["hessian_eigenvalues"]
+    self.assertEqual(eig["lambda_max"], eig["at_initial_point"]["lambda_max"])
+    self.assertLess(eig["lambda_max"], 100.0)
+    self.assertIn("no trained point (all diverged)", experiment.summary_table(res))
+    with tempfile.TemporaryDirectory() as d:
+      paths = experiment.save(res, d)
+      self.assertTrue(os.path.exists(paths["png"]))
+
 
 def _run_binary(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -5,9 +5,10 @@ import os
 import tempfile
 
 import jax
+import numpy as np
 from absl.testing import absltest
 
-from negmeta import io
+from negmeta import _checks, io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,47 @@ class ConfigIdentityTest(absltest.TestCase):
       self.assertIsNone(io.ChunkStore(d, io.fingerprint(edited)).load(0))
       reseeded = io.config_identity(_Config(seed=1))
       self.assertIsNone(io.ChunkStore(d, io.fingerprint(reseeded)).load(0))
+
+
+class WriteResultsTest(absltest.TestCase):
+
+  def test_a_directory_in_the_way_writes_nothing(self):
+    # Before: runs.npz and the PNG were replaced, then results.json failed.
+    with tempfile.TemporaryDirectory() as d:
+      paths = {k: os.path.join(d, k) for k in ("results.json", "runs.npz")}
+      os.mkdir(paths["results.json"])
+      with self.assertRaises(_checks.ConfigError) as ctx:
+        io.write_results(paths["results.json"], {"a": 1}, paths["runs.npz"],
+                         {"x": np.arange(3)}, {})
+      self.assertEqual(ctx.exception.name, "workdir")
+      self.assertIn("'results.json'", ctx.exception.detail)
+      self.assertEqual(sorted(os.listdir(d)), ["results.json"])   # no npz, no temp
+
+  def test_writes_every_file_and_no_temporaries(self):
+    with tempfile.TemporaryDirectory() as d:
+      json_path, npz_path = os.path.join(d, "r.json"), os.path.join(d, "r.npz")
+      io.write_results(json_path, {"a": float("nan")}, npz_path, {"x": np.arange(3)}, {})
+      self.assertEqual(sorted(os.listdir(d)), ["r.json", "r.npz"])
+      with open(json_path) as f:
+        self.assertIn('"a": null', f.read())
+      with np.load(npz_path) as data:
+        np.testing.assert_array_equal(data["x"], np.arange(3))
+
+
+class ChunkStoreTest(absltest.TestCase):
+
+  def test_unreadable_or_untagged_chunks_are_recomputed_not_fatal(self):
+    with tempfile.TemporaryDirectory() as d:
+      store = io.ChunkStore(d, "sweep")
+      path = store._path(0)
+      for content in (b"", b"not a zip file", b"PK\x03\x04truncated"):
+        with open(path, "wb") as f:
+          f.write(content)
+        self.assertIsNone(store.load(0), msg=content)
+      np.savez(path, loss=np.ones(2))            # an npz without the tag
+      self.assertIsNone(store.load(0))
+      store.save(0, {"loss": np.ones(2)})        # overwrites the bad file
+      np.testing.assert_array_equal(store.load(0)["loss"], np.ones(2))
 
 
 if __name__ == "__main__":

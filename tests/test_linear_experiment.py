@@ -98,6 +98,17 @@ class BadInputTest(parameterized.TestCase):
        "--workdir (--helpshort describes them)"),
       ("unknown_flag_far_from_any", ["--zzzzzz=5"],
        "--zzzzzz: unknown flag; this binary's flags are --alpha_r,"),
+      ("grid_bound_out_of_range", ["--grid_min=0", "--grid_max=1e300", "--grid_num=2"],
+       "--grid_max: must be a finite real number >= -1e+06 and <= 1e+06 (got 1e+300)"),
+      ("grid_min_above_default_max", ["--grid_min=5"],
+       "--grid_min: must be <= --grid_max=2 (its default; give --grid_max too) (got 5)"),
+      ("one_point_between_bounds", ["--grid_num=1"],
+       "--grid_num: must be >= 2 when --grid_min != --grid_max (got 1)"),
+      ("missing_value", ["--runs"], "--runs: missing value (write --runs=<value>); --runs: "),
+      ("negated_bool_with_value", ["--noshard=1"],
+       "--noshard: takes no value (got '1'); write --shard=true, --shard=false or --noshard"),
+      ("missing_flagfile", ["--flagfile=/nonexistent/flags"],
+       "--flagfile: Unable to open flagfile"),
   )
   def test_config_errors(self, flags, message):
     with tempfile.TemporaryDirectory() as d:
@@ -119,6 +130,29 @@ class BadInputTest(parameterized.TestCase):
       self.assertIn("linear_sweep: error: --workdir: must be a writable directory",
                     proc.stderr)
       self.assertNotIn("Traceback", proc.stderr)
+
+  def test_stray_argument_is_one_line(self):
+    with tempfile.TemporaryDirectory() as d:
+      workdir = os.path.join(d, "out")
+      proc = _run(f"--workdir={workdir}", "extra", *TINY)
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertEqual(proc.stderr.strip().splitlines(), [
+          "linear_sweep: error: unexpected arguments: extra (every setting is a flag, "
+          "--name=value; --helpshort lists them)"])
+      self.assertFalse(os.path.exists(workdir))
+
+  def test_out_of_memory_is_one_line_naming_the_size_flags(self):
+    # Every value is in range, but the meta-training data alone need
+    # m·n_t·p·8 bytes ≈ 3 PB: no machine has that, so this fails everywhere.
+    with tempfile.TemporaryDirectory() as d:
+      proc = _run(f"--workdir={d}", "--p=4096", "--n_t=100000", "--n_v=1", "--n_r=1",
+                  "--m=1000", "--runs=2", "--test_tasks=1", "--test_points=1", "--grid=0")
+      self.assertNotEqual(proc.returncode, 0)
+      last = proc.stderr.strip().splitlines()[-1]
+      self.assertRegex(last, r"^linear_sweep: error: out of memory \(a buffer of [\d,.]+ "
+                       r"GiB\); reduce --p, --n_t, --n_r, --m, --runs, ")
+      self.assertNotIn("Traceback", proc.stderr)
+      self.assertEqual(os.listdir(d), [])
 
   def test_unknown_flag_value(self):
     proc = _run("--workdir=/tmp/never", "--sweep=beta")

@@ -389,6 +389,8 @@ class BadInputTest(parameterized.TestCase):
       ("nan_rate", dict(alpha_r=(float("nan"),)), "alpha_r", "only finite"),
       ("empty_grid", dict(grid=()), "grid", "at least one value"),
       ("bad_units", dict(units="fast"), "units", "must be one of curvature, absolute"),
+      ("huge_grid_value", dict(grid=(1e300, -1.0)), "grid", "|x| <= 1e+06 (got 1e+300)"),
+      ("huge_alpha_r", dict(alpha_r=(-2e6,)), "alpha_r", "|x| <= 1e+06 (got -2e+06)"),
   )
   def test_validate(self, fields, name, detail):
     with self.assertRaises(_checks.ConfigError) as cm:
@@ -423,6 +425,8 @@ class BadInputTest(parameterized.TestCase):
        "nonlinear_sweep: error: --grid_num: must be an integer in [1, 1000]"),
       ("parser_error", ["--antisymmetric=maybe"],
        "nonlinear_sweep: error: --antisymmetric: must be true or false"),
+      ("negated_bool_with_value", ["--noantisymmetric=true"],
+       "nonlinear_sweep: error: --noantisymmetric: takes no value (got 'true')"),
   )
   def test_binary_one_line_error(self, args, message):
     with tempfile.TemporaryDirectory() as d:

@@ -101,8 +101,8 @@ class IsolationTest(absltest.TestCase):
 
   def test_diverged_member_and_seeds_do_not_touch_others(self):
     base = _base()
-    # α_t = 1e30 overflows the first inner step (loss = inf at step 0).
-    blown = _run(alpha_t=(0.0, 1e30, -0.02))
+    # α_t = 1e6 (the largest allowed) overflows at the first step (step 0).
+    blown = _run(alpha_t=(0.0, 1e6, -0.02))
     np.testing.assert_array_equal(blown.diverged, [[False, False],
                                                    [True, True],
                                                    [False, False]])
@@ -114,7 +114,7 @@ class IsolationTest(absltest.TestCase):
       np.testing.assert_array_equal(blown.dense[i], base.dense[i])
       np.testing.assert_array_equal(blown.params[i], base.params[i])
     rec = experiment.record(blown)
-    entry = [g for g in rec["grid"] if g["alpha_t"] == 1e30][0]
+    entry = [g for g in rec["grid"] if g["alpha_t"] == 1e6][0]
     self.assertEqual(entry["diverged_seeds"], [0, 1])
     self.assertEqual(entry["protocol"][1]["seeds"], 0)
     self.assertEqual(rec["diverged_members"], 2)
@@ -409,7 +409,11 @@ class FlagErrorTest(absltest.TestCase):
         (["--alpha_r="], "--alpha_r: must contain at least one value"),
         (["--test_tasks=1"], "--test_tasks: must be an integer in"),
         (["--seeds=0"], "--seeds: must be an integer in [1, 10000] (got 0)"),
-        (["--meta_lr=0"], "--meta_lr: must be a finite real number > 0 (got 0)"),
+        (["--meta_lr=0"], "--meta_lr: must be a finite real number > 0 and <= 1e+06 (got 0)"),
+        (["--alpha_t=1e300,0"], "--alpha_t: must contain only values with |x| <= 1e+06"),
+        (["--alpha_r_min=-2e6"], "--alpha_r_min: must be a finite real number >= -1e+06"),
+        (["--alpha_t_num=1"], "--alpha_t_num: must be >= 2 when --alpha_t_min != "
+         "--alpha_t_max (got 1)"),
         (["--eval_steps=-1"], "--eval_steps: must be an integer in [0, 1000]"),
         (["--preset=finn_table2", "--meta_batch=10"],
          "--meta_batch: contradicts --preset=finn_table2, which sets "

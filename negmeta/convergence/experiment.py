@@ -23,7 +23,8 @@ Presets (each fixes the problem and the classification criterion):
                  sinusoid tasks, 10 support + 10 query points, full batch, 200
                  steps, float32, from the cbfinn init (Takagi's protocol);
                  converged iff the meta-training loss fell below half its initial
-                 value. Trained point: the α ≈ 0 cell with the lowest final loss.
+                 value. Trained point: the α ≈ 0 cell with the lowest final
+                 loss (θ_0 if every cell diverged).
                  Predicted boundary there (Lanczos): MAML, 2/λ_max of the MAML
                  meta-Hessian ∇²L_α at each α; first-order MAML, Takagi's formula
                  on the top-k eigenvalues of the α = 0 Hessian (also drawn and
@@ -146,7 +147,7 @@ def preset(name: str, **overrides) -> ConvergenceMapConfig:
 
 
 # |α|, β beyond this overflow the figure's axes (and any run diverges anyway).
-MAX_RATE = 1e6
+MAX_RATE = _checks.MAX_ABS_RATE
 
 
 def _range(lo_name, lo, hi_name, hi, num_name, num, *, positive=False):
@@ -392,16 +393,24 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
   empirical = maps.classify(*runs.quantity(crit.quantity), runs.nonfinite, crit)
   # Trained point: the α ≈ 0 cell with the lowest final loss (any other column if
   # that one has no finite cell).
+  # If every cell diverged, there is no trained point: the Hessian is taken at
+  # θ_0, where every run started, and the record says so.
   i0 = _nearest_zero(alpha)
   column = np.where(empirical[i0] != maps.DIVERGED, runs.final_loss[i0], np.inf)
-  if np.all(np.isinf(column)):
-    flat = np.where(empirical != maps.DIVERGED, runs.final_loss, np.inf)
-    ia, ib = np.unravel_index(int(np.argmin(flat)), flat.shape)
-  else:
+  flat = np.where(empirical != maps.DIVERGED, runs.final_loss, np.inf)
+  if not np.all(np.isinf(column)):
     ia, ib = i0, int(np.argmin(column))
+    choice = "the α ≈ 0 cell with the lowest final loss"
+  elif not np.all(np.isinf(flat)):
+    ia, ib = np.unravel_index(int(np.argmin(flat)), flat.shape)
+    choice = ("the cell with the lowest final loss (every α ≈ 0 cell diverged)")
+  else:
+    ia = ib = None
+    choice = "none: every cell diverged, so the Hessian is taken at θ_0"
   start = time.perf_counter()
   to64 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), t)
-  trained = to64(jax.tree.map(lambda x: x[ia, ib], runs.final_params))
+  trained = to64(init if ia is None
+                 else jax.tree.map(lambda x: x[ia, ib], runs.final_params))
   pool64 = to64(pool)
   # H = ∇² mean_i L_i^Q(θ) at the trained point: the α = 0 meta-loss Hessian
   loss_fn = lambda prm: maml.meta_loss(models.mlp_apply, prm, 0.0, pool64, steps=1)
@@ -463,10 +472,13 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
                     for k, v in preds.items()},
       "diverged_on_predicted_side": side(predicted),
       "diverged_on_side_of": {k: side(v[0]) for k, v in preds.items()},
-      "trained_point": {"alpha": float(alpha[ia]), "beta": float(beta[ib]),
-                        "final_loss": float(runs.final_loss[ia, ib]),
-                        "initial_loss": float(runs.initial_loss[ia, ib]),
-                        "choice": "the α ≈ 0 cell with the lowest final loss"},
+      "trained_point": ({"alpha": float(alpha[ia]), "beta": float(beta[ib]),
+                         "final_loss": float(runs.final_loss[ia, ib]),
+                         "initial_loss": float(runs.initial_loss[ia, ib]),
+                         "choice": choice} if ia is not None else
+                        {"alpha": None, "beta": None, "final_loss": None,
+                         "initial_loss": float(runs.initial_loss[0, 0]),
+                         "choice": choice}),
       "hessian_eigenvalues": {
           "top": spectrum.top.tolist(), "lambda_max": float(spectrum.lambda_max),
           "lambda_min": float(spectrum.lambda_min),
@@ -608,6 +620,10 @@ def summary_table(result: ConvergenceMapResult, max_rows: int = 9) -> str:
            "cells: " + ", ".join(f"{k.replace('_', ' ')} {v}"
                                  for k, v in s["counts"].items())]
   for name, a in s["agreement"].items():
+    if not a["cells_counted"]:
+      lines.append(f"agreement vs {name.replace('_', ' ')}: no cell away from the "
+                   "boundary to compare")
+      continue
     lines.append(f"agreement vs {name.replace('_', ' ')}: {100 * a['share']:.2f}% of "
                  f"{a['cells_counted']} cells away from the boundary "
                  f"({a['cells_disagreeing']} differ, {a['not_yet_converged_counted']} "
@@ -627,9 +643,10 @@ def summary_table(result: ConvergenceMapResult, max_rows: int = 9) -> str:
   if "diverged_on_predicted_side" in s:
     d = s["diverged_on_predicted_side"]
     tp = s["trained_point"]
+    where = (f"trained point α = {tp['alpha']:g}, β = {tp['beta']:.3g}"
+             if tp["alpha"] is not None else "no trained point (all diverged): θ_0")
     lines.append(f"diverged cells on the predicted side: "
-                 f"{d['on_predicted_divergent_side']}/{d['diverged_cells']}; trained "
-                 f"point α = {tp['alpha']:g}, β = {tp['beta']:.3g}, "
+                 f"{d['on_predicted_divergent_side']}/{d['diverged_cells']}; {where}, "
                  f"λ_max = {s['hessian_eigenvalues']['lambda_max']:.4g}, λ_min = "
                  f"{s['hessian_eigenvalues']['lambda_min']:.3g}")
   lines.append(f"{'α':>8} {'β_c empirical':>14} {'β_c predicted':>14} "

@@ -76,7 +76,7 @@ def map_figure(result):
     ax.set_xlim(ae[0], ae[-1])
     ax.set_ylim(lo, hi)
     ax.set_xlabel("inner learning rate α")
-  if "trained_point" in s:
+  if "trained_point" in s and s["trained_point"]["alpha"] is not None:
     tp = s["trained_point"]
     for ax in axes:
       ax.plot([tp["alpha"]], [tp["beta"]], marker="*", ms=12, color="magenta",

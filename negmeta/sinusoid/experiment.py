@@ -179,16 +179,19 @@ def validate(config: SinusoidConfig) -> SinusoidConfig:
   """
   c = config
   seeds = _checks.integer("seeds", c.seeds, minimum=1, maximum=10_000)
-  alpha_t = _checks.real_grid("alpha_t", c.alpha_t, max_points=MAX_GRID)
+  alpha_t = _checks.real_grid("alpha_t", c.alpha_t, max_points=MAX_GRID,
+                              max_abs=_checks.MAX_ABS_RATE)
   values = dict(
       alpha_t=alpha_t,
-      alpha_r=_checks.real_grid("alpha_r", c.alpha_r, max_points=MAX_GRID),
+      alpha_r=_checks.real_grid("alpha_r", c.alpha_r, max_points=MAX_GRID,
+                                max_abs=_checks.MAX_ABS_RATE),
       iterations=_checks.integer("iterations", c.iterations, maximum=10**8),
       meta_batch=_checks.integer("meta_batch", c.meta_batch, maximum=10**6),
       k_support=_checks.integer("k_support", c.k_support, maximum=10**5),
       k_query=_checks.integer("k_query", c.k_query, maximum=10**5),
       inner_steps=_checks.integer("inner_steps", c.inner_steps, maximum=1000),
-      meta_lr=_checks.real("meta_lr", c.meta_lr, lo=0.0, lo_open=True),
+      meta_lr=_checks.real("meta_lr", c.meta_lr, lo=0.0, lo_open=True,
+                           hi=_checks.MAX_ABS_RATE),
       first_order=_boolean("first_order", c.first_order),
       seeds=seeds,
       seed=_checks.integer("seed", c.seed, minimum=0,   # seed + seeds − 1 < 2³¹

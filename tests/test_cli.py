@@ -1,0 +1,120 @@
+"""The binaries' shared glue: grid flags, run-time errors, resume directories."""
+
+import os
+import tempfile
+
+import jax.numpy as jnp
+from absl import flags
+from absl.testing import absltest
+
+from negmeta import _checks, cli
+
+
+def _grid_flags(*argv):
+  fv = flags.FlagValues()
+  flags.DEFINE_list("grid", None, "", flag_values=fv)
+  flags.DEFINE_float("grid_min", None, "", flag_values=fv)
+  flags.DEFINE_float("grid_max", None, "", flag_values=fv)
+  flags.DEFINE_integer("grid_num", None, "", flag_values=fv)
+  fv(["prog", *argv])
+  return fv
+
+
+def _grid(*argv, base=(-2.0, 0.0, 2.0)):
+  return cli.grid_from_flags(_grid_flags(*argv), base)
+
+
+class GridFlagsTest(absltest.TestCase):
+
+  def assertError(self, argv, name, detail):
+    with self.assertRaises(_checks.ConfigError) as ctx:
+      _grid(*argv)
+    self.assertEqual(ctx.exception.name, name)
+    self.assertIn(detail, ctx.exception.detail)
+
+  def test_grids(self):
+    self.assertIsNone(_grid())
+    self.assertEqual(_grid("--grid_num=5"), (-2.0, -1.0, 0.0, 1.0, 2.0))
+    self.assertEqual(_grid("--grid_min=0", "--grid_num=3"), (0.0, 1.0, 2.0))
+    self.assertEqual(_grid("--grid_min=1", "--grid_max=1", "--grid_num=1"), (1.0,))
+    self.assertEqual(_grid("--grid=0.5,-1"), (0.5, -1.0))
+
+  def test_bounds_are_checked_before_the_grid_is_made(self):
+    # Before: linspace(0, 1e300) overflowed and the error blamed --grid with inf.
+    self.assertError(["--grid_min=0", "--grid_max=1e300"], "grid_max",
+                     "must be a finite real number >= -1e+06 and <= 1e+06 (got 1e+300)")
+    self.assertError(["--grid_min=-1e308", "--grid_max=1e308"], "grid_min", "<= 1e+06")
+    self.assertError(["--grid=0,2e6"], "grid", "|x| <= 1e+06 (got 2e+06)")
+
+  def test_the_flag_given_is_blamed_and_a_default_is_called_one(self):
+    self.assertError(["--grid_min=5"], "grid_min",
+                     "must be <= --grid_max=2 (its default; give --grid_max too) (got 5)")
+    self.assertError(["--grid_max=-5"], "grid_max",
+                     "must be >= --grid_min=-2 (its default) (got -5)")
+    self.assertError(["--grid_min=1", "--grid_max=-1"], "grid_max",
+                     "must be >= --grid_min=1 (got -1)")
+
+  def test_one_point_between_two_bounds_is_an_error(self):
+    # Before: --grid_num=1 silently dropped the maximum.
+    self.assertError(["--grid_num=1"], "grid_num",
+                     "must be >= 2 when --grid_min != --grid_max (got 1)")
+
+
+class RunErrorsTest(absltest.TestCase):
+
+  def _exit_message(self, fn):
+    with self.assertRaises(SystemExit) as ctx:
+      with cli.run_errors("bin", ("p", "runs")):
+        fn()
+    return str(ctx.exception.code)
+
+  def test_xla_out_of_memory_is_one_line_naming_the_size_flags(self):
+    message = self._exit_message(
+        lambda: jnp.zeros((2**44,), jnp.float32).block_until_ready())   # 2⁴⁶ bytes
+    self.assertEqual(message, "bin: error: out of memory (a buffer of 65,536.0 GiB); "
+                     "reduce --p, --runs")
+
+  def test_host_out_of_memory(self):
+    def fail():
+      raise MemoryError()
+    self.assertEqual(self._exit_message(fail), "bin: error: out of memory; reduce --p, --runs")
+
+  def test_config_error_is_one_line(self):
+    def fail():
+      raise _checks.ConfigError("workdir", "must not hold a directory")
+    self.assertEqual(self._exit_message(fail),
+                     "bin: error: --workdir: must not hold a directory")
+
+  def test_other_errors_propagate(self):
+    with self.assertRaisesRegex(ValueError, "a bug"):
+      with cli.run_errors("bin", ("p",)):
+        raise ValueError("a bug")
+
+
+class ResumeDirTest(absltest.TestCase):
+
+  def test_removed_on_success_kept_on_error(self):
+    with tempfile.TemporaryDirectory() as d:
+      with cli.resume_dir(d, "chunks") as path:
+        os.makedirs(path)
+      self.assertFalse(os.path.exists(path))
+      with self.assertRaises(KeyError):
+        with cli.resume_dir(d, "chunks") as path:
+          os.makedirs(path)
+          raise KeyError("interrupted")
+      self.assertTrue(os.path.isdir(path))
+      with cli.resume_dir(d, "chunks", enabled=False) as none:
+        self.assertIsNone(none)
+
+  def test_a_file_in_the_way_is_a_workdir_error(self):
+    with tempfile.TemporaryDirectory() as d:
+      open(os.path.join(d, "chunks"), "w").close()
+      with self.assertRaises(_checks.ConfigError) as ctx:
+        with cli.resume_dir(d, "chunks"):
+          self.fail("the block must not run")
+      self.assertEqual(ctx.exception.name, "workdir")
+      self.assertIn("must not hold a file named 'chunks'", ctx.exception.detail)
+
+
+if __name__ == "__main__":
+  absltest.main()
