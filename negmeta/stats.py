@@ -39,10 +39,29 @@ def estimate(values: np.ndarray) -> Estimate:
 
 
 def paired_difference(values: np.ndarray, i: int, j: int) -> tuple[float, float]:
-  """Mean and s.e. over runs of values[:, i] − values[:, j] (common random numbers)."""
-  d = np.asarray(values[:, i], np.float64) - np.asarray(values[:, j], np.float64)
+  """Mean and s.e. over runs of values[:, i] − values[:, j] (common random numbers).
+
+  Runs where either value is non-finite are left out; with no run left the
+  mean is NaN, with one the s.e. is NaN.
+  """
+  with np.errstate(invalid="ignore", over="ignore"):
+    d = np.asarray(values[:, i], np.float64) - np.asarray(values[:, j], np.float64)
   d = d[np.isfinite(d)]
-  return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+  if d.size == 0:
+    return float("nan"), float("nan")
+  se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+  return float(d.mean()), se
+
+
+def nan_ignoring(fn, values: np.ndarray) -> float:
+  """`fn` (e.g. np.median, np.min) over the non-NaN entries; NaN if there are none.
+
+  Like `np.nanmedian` / `np.nanmin` on a 1-D array, without their warning
+  when every entry is NaN (a fully diverged grid value is data).
+  """
+  v = np.asarray(values, np.float64).ravel()
+  v = v[~np.isnan(v)]
+  return float(fn(v)) if v.size else float("nan")
 
 
 def interval95(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

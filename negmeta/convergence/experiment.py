@@ -276,7 +276,9 @@ def _tightening(alpha, eb, predicted_beta_c, takagi_beta_c) -> dict[str, Any] | 
   if alpha[0] >= 0:
     return None
   i0 = _nearest_zero(alpha)
-  ratio = lambda x: float(x[0] / x[i0])
+  def ratio(x):   # 0/0 or inf/inf (a degenerate map): NaN, recorded as null
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return float(np.float64(x[0]) / np.float64(x[i0]))
   return {"alpha_min": float(alpha[0]), "alpha_ref": float(alpha[i0]),
           "empirical_beta_c_ratio": ratio(eb.beta_c),
           "predicted_beta_c_ratio": ratio(predicted_beta_c),

@@ -474,14 +474,16 @@ def record(result: NonlinearSweepResult) -> dict[str, Any]:
     entry.update(_curves_at(result, 0, i, zero))
     entry["diverged"] = int(result.diverged[:, i].sum())
     entry["trained_unadapted"] = _entry(stats.estimate(result.trained_unadapted), i)
-    entry["final_meta_loss_median"] = float(np.nanmedian(result.final_meta_loss[:, i]))
+    entry["final_meta_loss_median"] = stats.nan_ignoring(
+        np.median, result.final_meta_loss[:, i])
     entry["ntk_same_steps_final_meta_loss_median"] = float(
         np.median(result.ntk_final_meta_loss[:, i]))
-    entry["function_gap_median"] = float(np.nanmedian(result.function_gap[:, i]))
+    entry["function_gap_median"] = stats.nan_ignoring(np.median, result.function_gap[:, i])
     entry["meta_curvature_max_median"] = float(np.median(result.meta_curvature[0][:, i]))
-    entry["meta_condition_median"] = float(np.median(
-        result.meta_curvature[0][:, i] / result.meta_curvature[1][:, i]))
-    entry["min_rcond"] = float(np.nanmin(result.rcond[:, i]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+      entry["meta_condition_median"] = float(np.median(
+          result.meta_curvature[0][:, i] / result.meta_curvature[1][:, i]))
+    entry["min_rcond"] = stats.nan_ignoring(np.min, result.rcond[:, i])
     entry["by_alpha_r"] = [dict(alpha_r=float(r), **_curves_at(result, a, i, zero))
                            for a, r in enumerate(c.alpha_r)]
     per_grid.append(entry)
