@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 import tempfile
 
 import jax
@@ -45,9 +46,17 @@ class CodeFingerprintTest(absltest.TestCase):
       os.rename(os.path.join(d, "sub/kernel.py"), os.path.join(d, "sub/other.py"))
       self.assertNotEqual(io.code_fingerprint(d), edited)       # same bytes, moved
 
-  def test_default_is_the_installed_negmeta_source(self):
+  def test_default_hashes_negmeta_source(self):
+    # A copy of the package's .py files (only) hashes the same as the default;
+    # an edit to any one module of the copy changes it.
     package = os.path.dirname(os.path.abspath(io.__file__))
-    self.assertEqual(io.code_fingerprint(), io.code_fingerprint(package))
+    with tempfile.TemporaryDirectory() as d:
+      copy = os.path.join(d, "negmeta")
+      shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+      self.assertEqual(io.code_fingerprint(copy), io.code_fingerprint())
+      with open(os.path.join(copy, "linear", "_maml.py"), "a") as f:
+        f.write("\n")
+      self.assertNotEqual(io.code_fingerprint(copy), io.code_fingerprint())
 
 
 class ConfigIdentityTest(absltest.TestCase):
@@ -111,6 +120,37 @@ class ChunkStoreTest(absltest.TestCase):
       self.assertIsNone(store.load(0))
       store.save(0, {"loss": np.ones(2)})        # overwrites the bad file
       np.testing.assert_array_equal(store.load(0)["loss"], np.ones(2))
+
+  def test_fields_and_leading_dimensions_are_checked(self):
+    with tempfile.TemporaryDirectory() as d:
+      store = io.ChunkStore(d, "sweep")
+      store.save(0, {"a": np.zeros((4, 3)), "b": np.zeros((4,))})
+      self.assertIsNotNone(store.load(0, fields=("b", "a"), leading=(4,)))
+      self.assertIsNone(store.load(0, fields=("a",)))               # one too many
+      self.assertIsNone(store.load(0, fields=("a", "b", "c")))      # one missing
+      self.assertIsNone(store.load(0, leading=(5,)))
+      self.assertIsNone(store.load(0, leading=(4, 3)))              # b is [4]
+
+  def test_trees_load_only_with_their_structure_shapes_and_dtypes(self):
+    tree = {"w": np.ones((2, 3), np.float32), "n": (np.arange(3), np.float64(2.5))}
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                        tree)
+    with tempfile.TemporaryDirectory() as d:
+      store = io.ChunkStore(d, "stage")
+      store.save_tree(0, tree, seconds=1.5)
+      loaded, extra = store.load_tree(0, like)
+      self.assertEqual(jax.tree.structure(loaded), jax.tree.structure(tree))
+      for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(tree)):
+        np.testing.assert_array_equal(got, want)
+        self.assertEqual(got.dtype, np.asarray(want).dtype)
+      self.assertEqual(float(extra["seconds"]), 1.5)
+      other_dtype = dict(like, w=jax.ShapeDtypeStruct((2, 3), np.float64))
+      other_shape = dict(like, w=jax.ShapeDtypeStruct((3, 2), np.float32))
+      one_more_leaf = dict(like, extra=jax.ShapeDtypeStruct((), np.float32))
+      one_leaf_fewer = {"n": like["n"]}      # its leaves are the first two saved
+      for name, wrong in (("dtype", other_dtype), ("shape", other_shape),
+                          ("more", one_more_leaf), ("fewer", one_leaf_fewer)):
+        self.assertIsNone(store.load_tree(0, wrong), msg=name)
 
 
 if __name__ == "__main__":

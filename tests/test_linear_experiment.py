@@ -12,7 +12,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from negmeta import _checks
-from negmeta.linear import experiment
+from negmeta.linear import _sweep, experiment
 
 BINARY = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "linear_sweep.py")
 TINY = ["--runs=6", "--test_tasks=3", "--test_points=4", "--grid_num=5"]
@@ -52,7 +52,7 @@ class BinaryTest(absltest.TestCase):
       with open(os.path.join(workdir, "alpha_t_sweep.png"), "rb") as f:
         self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
-  def test_preset_with_scale_overrides_and_chunked_resume(self):
+  def test_preset_with_scale_overrides_and_chunked_run(self):
     with tempfile.TemporaryDirectory() as d:
       proc = _run(f"--workdir={d}", "--preset=fig3a", "--runs=4", "--test_tasks=2",
                   "--test_points=3", "--grid_num=3", "--chunk_runs=2", "--batch_size=2")
@@ -63,6 +63,39 @@ class BinaryTest(absltest.TestCase):
       self.assertEqual(rec["config"]["sweep"], "alpha_r")
       self.assertIn("theory_alpha_r_star", rec["optimum"])
       self.assertFalse(os.path.exists(os.path.join(d, "chunks")))  # cleaned up
+
+
+class ResumeTest(absltest.TestCase):
+
+  def test_rerun_resumes_only_the_same_sweep(self):
+    config = experiment.LinearSweepConfig(
+        p=12, n_t=4, n_v=2, n_r=3, m=2, runs=6, test_tasks=2, test_points=3,
+        grid=(-1.0, 0.0, 1.0), chunk_runs=2, batch_size=2)
+    reference = experiment.run(config)
+    kernel, calls = _sweep.simulate_batches, []
+
+    def interrupted(keys, *args, **kwargs):
+      calls.append(1)
+      if len(calls) == 2:
+        raise KeyboardInterrupt
+      return kernel(keys, *args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as d:
+      with mock.patch.object(_sweep, "simulate_batches", interrupted):
+        with self.assertRaises(KeyboardInterrupt):
+          experiment.run(config, store_dir=d)
+      resumed = experiment.run(config, store_dir=d)
+      self.assertEqual(resumed.resumed_chunks, 1)
+      for name in _sweep.RunValues._fields:
+        np.testing.assert_array_equal(getattr(resumed.runs, name),
+                                      getattr(reference.runs, name), err_msg=name)
+      # Batching does not change per-run values, so it does not change the match.
+      rebatched = experiment.run(dataclasses.replace(config, batch_size=1), store_dir=d)
+      self.assertEqual(rebatched.resumed_chunks, 3)
+      # Anything that changes the values does: such a rerun loads nothing.
+      for change in (dict(seed=1), dict(sigma=0.5), dict(test_points=4)):
+        other = experiment.run(dataclasses.replace(config, **change), store_dir=d)
+        self.assertEqual(other.resumed_chunks, 0, msg=change)
 
 
 class BadInputTest(parameterized.TestCase):

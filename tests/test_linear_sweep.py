@@ -132,11 +132,33 @@ class ResumeTest(absltest.TestCase):
       with self.assertRaises(KeyboardInterrupt):
         _sweep.run_sweep(_problem(), grid, 0.2, store=store, on_chunk=interrupt, **kw)
       self.assertEqual(sorted(os.listdir(d)), ["chunk_00000.npz", "chunk_00001.npz"])
-      events = []
-      resumed = _sweep.run_sweep(_problem(), grid, 0.2, store=store,
-                                 on_chunk=lambda i, t, loaded: events.append(loaded), **kw)
+      events, calls = [], []
+      kernel = _sweep.simulate_batches
+
+      def counted(keys, *args, **kwargs):
+        calls.append(keys.shape)
+        return kernel(keys, *args, **kwargs)
+
+      with mock.patch.object(_sweep, "simulate_batches", counted):
+        resumed = _sweep.run_sweep(_problem(), grid, 0.2, store=store,
+                                   on_chunk=lambda i, t, loaded: events.append(loaded),
+                                   **kw)
       self.assertEqual(events, [True, True, False])
+      self.assertEqual(calls, [(2, 2)])    # only the unfinished chunk is computed
       _assert_runs_close(reference, resumed, rtol=0, atol=0)
+      # The loaded values are the ones used: a value planted in chunk 0 shows.
+      planted = dict(store.load(0), exact_loss=np.full((4, 5), 123.0))
+      store.save(0, planted)
+      marked = _sweep.run_sweep(_problem(), grid, 0.2, store=store, **kw)
+      np.testing.assert_array_equal(marked.exact_loss[:4], 123.0)
+      np.testing.assert_array_equal(marked.exact_loss[4:], reference.exact_loss[4:])
+      # A chunk with other fields is recomputed, not mixed in.
+      store.save(0, {k: v for k, v in planted.items() if k != "rcond"})
+      events.clear()
+      fields = _sweep.run_sweep(_problem(), grid, 0.2, store=store,
+                                on_chunk=lambda i, t, loaded: events.append(loaded), **kw)
+      self.assertEqual(events, [False, True, True])
+      _assert_runs_close(reference, fields, rtol=0, atol=0)
       # A different sweep never picks up these chunks.
       other = io.ChunkStore(d, "sweep-b")
       self.assertIsNone(other.load(0))

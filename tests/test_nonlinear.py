@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from absl.testing import absltest, parameterized
 
-from negmeta import _checks, linear, maml
+from negmeta import _checks, io, linear, maml
 from negmeta.nonlinear import _study, experiment, ntk
 from negmeta import nonlinear as nl
 
@@ -327,6 +327,19 @@ class ResumeTest(absltest.TestCase):
       for i, name in enumerate(resumed.resumed_stages):
         with np.load(os.path.join(d, f"chunk_{i:05d}.npz")) as chunk:
           stored[name] = float(chunk["extra_seconds"])
+      # The loaded values are the ones used: a value planted in the stored
+      # evaluation of the trained networks (stage 5) shows in the result.
+      store = io.ChunkStore(d, io.fingerprint(io.config_identity(cfg)))
+      chunk = store.load(5)
+      store.save(5, {k: (np.full_like(v, 7.0) if k.startswith("leaf_") and v.dtype.kind == "f"
+                         else v) for k, v in chunk.items()})
+      marked = experiment.run(cfg, store_dir=d)
+      ok = ~np.broadcast_to(marked.diverged[:, None, :], marked.losses["trained"].shape)
+      self.assertTrue(ok.any())
+      np.testing.assert_array_equal(marked.losses["trained"][ok], 7.0)
+      # Another seed's run loads none of these stages.
+      self.assertEqual(experiment.run(dataclasses.replace(cfg, seed=1),
+                                      store_dir=d).resumed_stages, ())
     loaded = [line.split(":")[0] for line in log if "by a previous run" in line]
     stages = ["calibrate", "ntk_solve", "ntk_curvature", "ntk_same_steps", "train",
               "evaluate_trained"]

@@ -79,18 +79,42 @@ class ResumeTest(absltest.TestCase):
         return compiled(*a)
       return call
 
+    def counted(*args, **kwargs):
+      compiled = real(*args, **kwargs)
+
+      def call(*a):
+        calls.append(1)
+        return compiled(*a)
+      return call
+
     with tempfile.TemporaryDirectory() as d:
       with mock.patch.object(experiment, "_compiled_kernel", interrupted):
         with self.assertRaises(KeyboardInterrupt):
           experiment.run(small, store_dir=d)
       self.assertEqual(os.listdir(d), ["chunk_00000.npz"])
-      resumed = experiment.run(small, store_dir=d)
+      calls.clear()
+      with mock.patch.object(experiment, "_compiled_kernel", counted):
+        resumed = experiment.run(small, store_dir=d)
       self.assertEqual(resumed.resumed_chunks, 1)
-      # A chunk of the wrong shape under this run's name is recomputed.
+      num_chunks = -(-reference.train_losses[..., 0].size // 4)
+      self.assertEqual(len(calls), num_chunks - 1)    # chunk 0 is not recomputed
       store = io.ChunkStore(d, io.fingerprint(experiment.run_identity(small)))
+      # The loaded values are the ones used: a value planted in chunk 0 shows.
+      saved = store.load(0)
+      store.save(0, dict(saved, train_losses=np.full_like(saved["train_losses"], 123.0)))
+      marked = experiment.run(small, store_dir=d)
+      flat = marked.train_losses.reshape(-1, small.iterations)
+      np.testing.assert_array_equal(flat[:4], 123.0)
+      np.testing.assert_array_equal(
+          flat[4:], reference.train_losses.reshape(-1, small.iterations)[4:])
+      store.save(0, saved)
+      # A chunk of the wrong shape under this run's name is recomputed.
       store.save(0, {k: v[:2] for k, v in store.load(0).items()})
       again = experiment.run(small, store_dir=d)
       self.assertEqual(again.resumed_chunks, 1)        # chunk 1 only
+      # Another seed's run does not pick these chunks up.
+      self.assertEqual(experiment.run(dataclasses.replace(small, seed=1),
+                                      store_dir=d).resumed_chunks, 0)
     for got in (resumed, again):
       for name in ("query", "dense", "train_losses", "diverged", "params"):
         np.testing.assert_array_equal(getattr(got, name), getattr(reference, name),
