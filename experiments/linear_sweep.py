@@ -43,12 +43,7 @@ flags.DEFINE_float("alpha_t", None, "Meta-training inner rate (fixed when sweepi
                    f"|x| <= {_BOUND:g}).")
 flags.DEFINE_float("alpha_r", None, f"Adaptation rate (fixed when sweeping α_t; |x| <= {_BOUND:g}).")
 flags.DEFINE_enum("sweep", None, list(experiment.SWEEPS), "Which rate the grid varies.")
-flags.DEFINE_float("grid_min", None, f"Smallest swept value (|x| <= {_BOUND:g}).")
-flags.DEFINE_float("grid_max", None, f"Largest swept value (|x| <= {_BOUND:g}).")
-flags.DEFINE_integer("grid_num", None, "Number of swept values (1 .. 100000; 1 only "
-                     "when --grid_min = --grid_max).")
-flags.DEFINE_list("grid", None, f"Explicit swept values (comma-separated, |x| <= {_BOUND:g}); "
-                  "overrides --grid_min/--grid_max/--grid_num.")
+cli.define_grid_flags("grid", "swept rate", max_points=100_000, max_abs=_BOUND)
 flags.DEFINE_integer("runs", None, f"Independent runs (2 .. {experiment.MAX_RUNS}).")
 flags.DEFINE_integer("test_tasks", None, f"New tasks evaluated per run (1 .. {_MAX}).")
 flags.DEFINE_integer("test_points", None, f"Test points per new task (1 .. {_MAX}).")

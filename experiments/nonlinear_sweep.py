@@ -51,13 +51,8 @@ flags.DEFINE_float("momentum", None, "Heavy-ball momentum of the outer SGD, [0, 
 flags.DEFINE_float("outer_lr", None, "Outer rate in units of 1/λ_max of the "
                    "linearized meta-Hessian, in (0, 2(1 + momentum)).")
 flags.DEFINE_bool("antisymmetric", None, "Antisymmetric init (f(·; θ₀) ≡ 0).")
-flags.DEFINE_float("grid_min", None, f"Smallest α_t (in --units, |x| <= {_RATE:g}).")
-flags.DEFINE_float("grid_max", None, f"Largest α_t (in --units, |x| <= {_RATE:g}).")
-flags.DEFINE_integer("grid_num", None, f"Number of α_t values (1 .. {experiment.MAX_GRID}; "
-                     "1 only when --grid_min = --grid_max).")
-flags.DEFINE_list("grid", None, f"Explicit α_t values (comma-separated, at most "
-                  f"{experiment.MAX_GRID}, |x| <= {_RATE:g}; 0 is always "
-                  "added); overrides --grid_min/--grid_max/--grid_num.")
+cli.define_grid_flags("grid", "α_t (in --units)", max_points=experiment.MAX_GRID,
+                      note="; 0 is always added")
 flags.DEFINE_integer("seeds", None, "Independent runs (>= 2).")
 flags.DEFINE_integer("test_tasks", None, "Test tasks per run (>= 1).")
 flags.DEFINE_integer("test_points", None, "Test points per test task (>= 1).")

@@ -38,20 +38,10 @@ from negmeta.sinusoid import experiment
 
 _PRESET = flags.DEFINE_enum("preset", None, list(experiment.PRESETS),
                             "Named setup (finn_table2 reproduces MAML's Table 2).")
-_RATE, _GRID = _checks.MAX_ABS_RATE, experiment.MAX_GRID
-flags.DEFINE_list("alpha_t", None, "Meta-training inner rates (comma-separated, at most "
-                  f"{_GRID}, |x| <= {_RATE:g}); overrides "
-                  "--alpha_t_min/--alpha_t_max/--alpha_t_num.")
-flags.DEFINE_float("alpha_t_min", None, f"Smallest meta-training rate α_t (|x| <= {_RATE:g}).")
-flags.DEFINE_float("alpha_t_max", None, f"Largest meta-training rate α_t (|x| <= {_RATE:g}).")
-flags.DEFINE_integer("alpha_t_num", None, f"Number of α_t values (1 .. {_GRID}; 1 only "
-                     "when --alpha_t_min = --alpha_t_max).")
-flags.DEFINE_list("alpha_r", None, "Adaptation rates at evaluation (comma-separated, "
-                  f"at most {_GRID}, |x| <= {_RATE:g}); overrides --alpha_r_min/_max/_num.")
-flags.DEFINE_float("alpha_r_min", None, f"Smallest adaptation rate α_r (|x| <= {_RATE:g}).")
-flags.DEFINE_float("alpha_r_max", None, f"Largest adaptation rate α_r (|x| <= {_RATE:g}).")
-flags.DEFINE_integer("alpha_r_num", None, f"Number of α_r values (1 .. {_GRID}; 1 only "
-                     "when --alpha_r_min = --alpha_r_max).")
+_RATE = _checks.MAX_ABS_RATE
+cli.define_grid_flags("alpha_t", "meta-training rate α_t", max_points=experiment.MAX_GRID)
+cli.define_grid_flags("alpha_r", "adaptation rate α_r (at evaluation)",
+                      max_points=experiment.MAX_GRID)
 flags.DEFINE_integer("iterations", None, "Meta-training iterations (1 .. 10^8).")
 flags.DEFINE_integer("meta_batch", None, "Tasks per meta-iteration (1 .. 10^6).")
 flags.DEFINE_integer("k_support", None, "Support points per training task (1 .. 10^5).")

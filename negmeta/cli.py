@@ -172,13 +172,50 @@ def report(table: str, paths: dict[str, str]) -> None:
     print(f"wrote {kind}: {path}")
 
 
+def _calling_binary() -> str:
+  """The module name absl gives the caller of a `define_*` function here.
+
+  Flags defined on a binary's behalf are registered as the binary's own, so
+  that ``--helpshort`` lists them with the others.
+  """
+  name = sys._getframe(2).f_globals.get("__name__")   # noqa: SLF001
+  return sys.argv[0] if name == "__main__" else name
+
+
 def define_shard_flag(members: str):
   """The ``--shard`` flag of a binary: split `members` over all local devices."""
   from absl import flags  # local: the library itself does not need absl.
   return flags.DEFINE_bool(
       "shard", False, f"Split {members} over all local devices (GPUs/TPUs, or "
       "CPU devices faked with XLA_FLAGS=--xla_force_host_platform_device_count=N); "
-      "same values as unsharded.")
+      "same values as unsharded.", module_name=_calling_binary())
+
+
+def define_grid_flags(prefix: str, what: str, *, max_points: int,
+                      max_abs: float = _checks.MAX_ABS_RATE, note: str = "") -> None:
+  """A binary's ``--<prefix>`` list and ``--<prefix>_min/_max/_num`` flags.
+
+  Read them with `grid_from_flags` (same `prefix`, `max_points`, `max_abs`).
+
+  Args:
+    prefix: the flag names' prefix (e.g. "grid", "alpha_t").
+    what: what one value is, for the help (e.g. "α_t (in --units)").
+    max_points: the most values allowed.
+    max_abs: the largest |value| allowed.
+    note: appended to the list flag's help (e.g. "; 0 is always added").
+  """
+  from absl import flags  # local: the library itself does not need absl.
+  module, bound = _calling_binary(), f"|x| <= {max_abs:g}"
+  flags.DEFINE_list(prefix, None, f"Explicit {what} values (comma-separated, at most "
+                    f"{max_points}, {bound}{note}); overrides --{prefix}_min/"
+                    f"--{prefix}_max/--{prefix}_num.", module_name=module)
+  flags.DEFINE_float(f"{prefix}_min", None, f"Smallest {what} ({bound}).",
+                     module_name=module)
+  flags.DEFINE_float(f"{prefix}_max", None, f"Largest {what} ({bound}).",
+                     module_name=module)
+  flags.DEFINE_integer(f"{prefix}_num", None, f"Number of {what} values (1 .. "
+                       f"{max_points}; 1 only when --{prefix}_min = --{prefix}_max).",
+                       module_name=module)
 
 
 def mesh_from_flag(shard: bool, axis_name: str = "members"):
@@ -210,13 +247,12 @@ def flags_parser(binary: str):
 
 
 def _binary_flags(flag_values) -> list[str]:
-  """The binary's flags: those its module defines (every binary defines
-  --workdir) and those it defines through this module (--shard)."""
+  """The binary's flags: those of the module defining --workdir (every binary
+  does), including those defined for it here (`define_shard_flag`, …)."""
   module = flag_values.find_module_defining_flag("workdir")
   if module is None:
     return []
-  return sorted(f.name for m in (module, __name__)
-                for f in flag_values.get_flags_for_module(m))
+  return sorted(f.name for f in flag_values.get_flags_for_module(module))
 
 
 def _flag_error(flag_values, error) -> str:

@@ -164,6 +164,13 @@ class BadInputTest(parameterized.TestCase):
                     proc.stderr)
       self.assertNotIn("Traceback", proc.stderr)
 
+  def test_helpshort_lists_the_flags_defined_for_the_binary(self):
+    # --shard and the grid flags are defined through negmeta.cli but belong to
+    # the binary: --helpshort (which error lines point to) must list them.
+    proc = _run("--helpshort")
+    for flag in ("--[no]shard:", "--grid:", "--grid_min:", "--grid_num:", "--p:"):
+      self.assertIn(flag, proc.stdout)
+
   def test_stray_argument_is_one_line(self):
     with tempfile.TemporaryDirectory() as d:
       workdir = os.path.join(d, "out")
