@@ -97,7 +97,11 @@ def numpy_side(runs: int) -> dict:
 
 def _child(side: str, runs: int) -> dict:
   out = subprocess.run([sys.executable, __file__, "--child", side, "--runs", str(runs)],
-                       capture_output=True, text=True, check=True)
+                       capture_output=True, text=True)
+  if out.returncode != 0:
+    last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+    sys.exit(f"linear_sweep_bench: the {side} side failed: {last}\n"
+             f"(is negmeta installed? README: pip install -e \".[dev]\")")
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -60,8 +60,9 @@ _INT_FLAGS = ("alpha_num", "beta_num", "iterations", "seed", "chunk_alphas")
 
 
 def _as_int(text: str):
+  """An integer as the other binaries' DEFINE_integer flags read it (0x10, 0o10 too)."""
   try:
-    return int(text)
+    return flags.IntegerParser().parse(text)
   except ValueError:
     return text   # validation reports it with the allowed range
 

@@ -414,6 +414,15 @@ class BinaryTest(parameterized.TestCase):
       self.assertIn(message, text)
       self.assertFalse(os.path.exists(workdir))
 
+  def test_integer_flags_read_like_the_other_binaries(self):
+    # The other binaries' DEFINE_integer flags accept 0x/0o prefixes and spaces.
+    with flagsaver.flagsaver():
+      convergence_map.flags.FLAGS.unparse_flags()
+      convergence_map.flags.FLAGS(["convergence_map", "--iterations=0x10",
+                                   "--alpha_num=0o7", "--seed= 5"])
+      config = convergence_map.config_from_flags()
+    self.assertEqual((config.iterations, config.alpha_num, config.seed), (16, 7, 5))
+
   def test_binary_saves_chunks_and_resumes(self):
     args = ["--alpha_num=5", "--beta_num=4", "--iterations=20", "--chunk_alphas=2"]
     with tempfile.TemporaryDirectory() as d:
