@@ -6,14 +6,15 @@ results out. Examples:
   python experiments/sinusoid.py --workdir=/tmp/sin                 # small defaults (< 1 min)
   python experiments/sinusoid.py --preset=finn_table2 --workdir=/tmp/table2
   python experiments/sinusoid.py --preset=alpha_t_small --workdir=/tmp/sweep_small
-  python experiments/sinusoid.py --preset=alpha_t_alpha_r --chunk_members=11 \
-      --workdir=/tmp/sweep2d
+  python experiments/sinusoid.py --preset=alpha_t_alpha_r --workdir=/tmp/sweep2d
   python experiments/sinusoid.py --alpha_t_min=-0.02 --alpha_t_max=0.04 \
       --alpha_t_num=7 --alpha_r=0.005,0.01,0.02 --iterations=5000 --seeds=3 \
       --workdir=/tmp/custom
 
 Every (α_t, seed) member is meta-trained in one compiled call (or
---chunk_members at a time, resumable) and evaluated at every α_r with Finn's
+--chunk_members at a time, saved to <workdir>/chunks so that rerunning the same
+command resumes; the ≈ 25-minute presets alpha_t_sweep and alpha_t_alpha_r
+default to chunks of 12) and evaluated at every α_r with Finn's
 test protocol. Writes results.json (config, seeds, versions, per grid value:
 loss after each fine-tuning step, mean ± s.e. and 95% CI over seeds, Finn's
 per-seed CI, divergence), runs.npz (per-task losses, training curves, final
@@ -60,7 +61,8 @@ flags.DEFINE_integer("dense_points", None, "Midpoint-grid points over [-5, 5] fo
                      "the low-noise estimator (0 .. 10^5; 0 = off).")
 flags.DEFINE_integer("chunk_members", None, "Grid members per compiled call, each "
                      "saved to <workdir>/chunks so an interrupted run resumes "
-                     "(0 = all; at most seeds × number of α_t).")
+                     "(0 = all; at most seeds × number of α_t; default 0, "
+                     "12 for the alpha_t_sweep and alpha_t_alpha_r presets).")
 flags.DEFINE_enum("remat", None, list(experiment.REMAT),
                   "Inner-loop rematerialization.")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Float type.")

@@ -324,6 +324,22 @@ class ConfigTest(parameterized.TestCase):
     self.assertEqual(experiment._modified(c, "alpha_t_sweep"),
                      ("alpha_t", "iterations"))
 
+  def test_long_sweeps_run_in_resumable_chunks_by_default(self):
+    for name in ("alpha_t_sweep", "alpha_t_alpha_r"):
+      c = experiment.preset(name)
+      self.assertEqual(c.seeds * len(c.alpha_t), 60)
+      self.assertEqual(c.chunk_members, 12)         # 5 saved chunks of 12 members
+      # Capped at the members of a smaller grid, which is not a modification.
+      small = experiment.preset(name, seeds=1, alpha_t=(0.0, 0.01))
+      self.assertEqual(small.chunk_members, 2)
+      self.assertEqual(experiment._modified(small, name), ("alpha_t", "seeds"))
+      # Given explicitly, it wins (0: one call) and is recorded as a change.
+      whole = experiment.preset(name, chunk_members=0)
+      self.assertEqual(whole.chunk_members, 0)
+      self.assertEqual(experiment._modified(whole, name), ("chunk_members",))
+    for name in ("finn_table2", "finn_table2_code", "alpha_t_small"):
+      self.assertEqual(experiment.preset(name).chunk_members, 0)
+
 
 def _binary(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -158,17 +158,34 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The α grids of finn_table2 are part of its problem; sweep grids may change.
 _FIXED_GRIDS = {"finn_table2": ("alpha_t", "alpha_r"),
                 "finn_table2_code": ("alpha_t", "alpha_r")}
+# The ≈ 25-minute sweeps save their members in chunks of this many by default,
+# so an interrupted run resumes (capped at the number of members; an explicit
+# chunk_members, 0 included, wins).
+DEFAULT_CHUNK_MEMBERS = {"alpha_t_sweep": 12, "alpha_t_alpha_r": 12}
 
 
 def preset(name: str, **overrides) -> SinusoidConfig:
   """The named preset, with non-problem fields optionally overridden.
 
+  The long sweeps (`DEFAULT_CHUNK_MEMBERS`) run their members in resumable
+  chunks unless `chunk_members` is given (0: all in one call).
+
   Raises:
     ConfigError: unknown preset, or an override contradicting its problem.
   """
   fixed = PROBLEM_FIELDS + _FIXED_GRIDS.get(name, ())
-  return validate(SinusoidConfig(**_checks.preset_fields(name, PRESETS, overrides,
-                                                         fixed)))
+  config = validate(SinusoidConfig(**_checks.preset_fields(name, PRESETS, overrides,
+                                                           fixed)))
+  if "chunk_members" not in overrides:
+    config = dataclasses.replace(config, chunk_members=_default_chunk(name, config))
+  return config
+
+
+def _default_chunk(name: str, config: SinusoidConfig) -> int:
+  """The preset's chunk_members when none is given (0: one call)."""
+  if name not in DEFAULT_CHUNK_MEMBERS:
+    return 0
+  return min(DEFAULT_CHUNK_MEMBERS[name], config.seeds * len(config.alpha_t))
 
 
 def validate(config: SinusoidConfig) -> SinusoidConfig:
@@ -422,6 +439,7 @@ def _modified(config: SinusoidConfig, preset_name: str | None) -> tuple[str, ...
   if preset_name is None:
     return ()
   base = validate(SinusoidConfig(**PRESETS[preset_name]))
+  base = dataclasses.replace(base, chunk_members=_default_chunk(preset_name, config))
   return tuple(f.name for f in dataclasses.fields(config)
                if getattr(config, f.name) != getattr(base, f.name))
 
