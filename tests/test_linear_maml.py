@@ -143,10 +143,15 @@ class LinearMamlTest(parameterized.TestCase):
           test.x_b[t], test.y_b[t]) for t in range(4)]
       self.assertAlmostEqual(float(got[g]), float(np.mean(per_task)), places=12)
 
-  def test_inner_step_gap(self):
-    problem = _problem(**OVER)
+  @parameterized.named_parameters(
+      ("n_t_below_p", OVER),                      # H_t singular: zero eigenvalues
+      ("n_t_above_p", dict(UNDER, n_t=9)))        # H_t full rank (p × p branch)
+  def test_inner_step_gap(self, kw):
+    problem = _problem(**kw)
     train = _sampler.sample_meta_training(jax.random.key(11), problem)
-    lam = np.concatenate([np.linalg.eigvalsh(np.asarray(x.T @ x) / 6) for x in train.x_a])
+    n_t = kw["n_t"]
+    lam = np.concatenate([np.linalg.eigvalsh(np.asarray(x.T @ x) / n_t)
+                          for x in train.x_a])
     alphas = jnp.array([-1.0, 0.0, 1.0 / lam.max(), 0.37])
     got = _maml.inner_step_gap(train, alphas)
     expected = [np.min(np.abs(1 - a * lam)) for a in np.asarray(alphas)]

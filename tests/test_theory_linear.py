@@ -63,7 +63,9 @@ class ClosedFormVsAutodiffTest(parameterized.TestCase):
     self.assertGreater(float(plus), 0.0)
     self.assertLess(float(plus), 1.0)
 
-  @parameterized.parameters((FIG2, 0.2), (FIG2, -1.0), (FIG3, 0.2), (FIG3, -0.3))
+  @parameterized.parameters((FIG2, 0.2), (FIG2, -1.0), (FIG3, 0.2), (FIG3, -0.3),
+                            (dict(FIG2, sigma=0.3), 0.2), (dict(FIG2, sigma=2.0), -1.0),
+                            (dict(FIG3, sigma=0.3), -0.3), (dict(FIG3, sigma=2.0), 0.2))
   def test_alpha_r_star_is_autodiff_argmin(self, kw, alpha_t):
     problem = problems.mixed_linear_regression(**kw)
     d = theory.distance(problem, alpha_t)
@@ -98,6 +100,37 @@ class ClosedFormVsAutodiffTest(parameterized.TestCase):
                                                     p=p, n_r=20)
     x = jnp.array([1.0, 0.5, 60.0, 30.0, -0.7, 0.2])
     jax.test_util.check_grads(loss, (x,), order=2, modes=("fwd", "rev"))
+
+
+class DistanceStructureTest(parameterized.TestCase):
+  """Exact structural properties of D(α_t) that hold in both regimes' formulas."""
+
+  @parameterized.parameters(FIG2, FIG3)
+  def test_distance_is_affine_in_sigma_squared(self, **sizes):
+    # ω* − w_0 is linear in the label noise z (the data enter ω* linearly and z
+    # is independent of everything else), so D = A + σ² C exactly in both
+    # regimes; the formulas must keep that structure (σ against σ² breaks it).
+    alphas = jnp.linspace(-1.5, 0.8, 7)
+    sizes = dict(sizes, nu=0.7, omega0=0.1)
+    d = {s: theory.distance(problems.mixed_linear_regression(**dict(sizes, sigma=s)),
+                            alphas) for s in (0.0, 0.5, 1.0, 2.0)}
+    self.assertTrue(np.all(np.asarray(d[1.0] - d[0.0]) > 0))   # σ does enter
+    for s in (0.5, 2.0):
+      np.testing.assert_allclose(d[s] - d[0.0], s**2 * (d[1.0] - d[0.0]), rtol=1e-12)
+
+  def test_initial_distance_enters_only_when_overparameterized(self):
+    # p > N: ω* is the minimiser nearest ω_0, D has (1 − N/p)‖ω_0 − w_0‖²; p < N:
+    # ω* is unique and ω_0 does not matter. w_0 is not constant, so a formula
+    # that used ‖ω_0‖² or dropped the (1 − N/p) factor fails.
+    alphas = jnp.linspace(-1.0, 0.5, 4)
+    for sizes, factor in ((FIG2, 1 - 6 / 60), (FIG3, 0.0)):
+      w0 = np.linspace(-0.2, 0.3, sizes["p"])
+      omega0 = w0 + 0.3 * np.sin(np.arange(sizes["p"]))
+      moved = problems.mixed_linear_regression(**sizes, w0=w0, omega0=omega0)
+      still = problems.mixed_linear_regression(**sizes, w0=w0, omega0=w0)
+      np.testing.assert_allclose(
+          theory.distance(moved, alphas) - theory.distance(still, alphas),
+          factor * np.sum((omega0 - w0) ** 2), rtol=1e-12, atol=1e-14)
 
   def test_noise_free_overparameterized_loss_is_flat_in_alpha_t(self):
     problem = problems.mixed_linear_regression(**dict(FIG2, sigma=0.0))

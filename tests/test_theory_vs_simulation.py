@@ -49,16 +49,25 @@ class ConditionalEstimatorTest(parameterized.TestCase):
 class OverparameterizedTest(parameterized.TestCase):
 
   def test_initialisation_term_is_exact(self):
-    # (1 − N/p)‖ω_0 − w_0‖² is exact (projection on a uniformly random subspace).
-    base = dict(p=40, n_t=20, n_v=2, n_r=5, m=4, sigma=1.0, nu=0.5)
+    # (1 − N/p)‖ω_0 − w_0‖² is exact (projection on a uniformly random subspace):
+    # Theorem 1's term against the simulation, with w_0 ≠ 0 and ω_0 − w_0 not
+    # constant. Moving ω_0 with w_0 fixed changes nothing else, so the two runs
+    # pair (same inputs) and the difference is this term alone.
+    base = dict(p=40, n_t=20, n_v=2, n_r=5, m=4, sigma=1.0, nu=0.5,
+                w0=np.linspace(-0.3, 0.3, 40))
+    omega0 = base["w0"] + 0.25 * np.cos(np.arange(40))
+    with_init = _problem(**base, omega0=omega0)
+    without = _problem(**base, omega0=base["w0"])
     grid = np.array([-1.0, 0.4])
     runs = 2000
-    with_init = _sweep.expected_distances(_problem(**base, omega0=0.25), grid, runs=runs)
-    without = _sweep.expected_distances(_problem(**base), grid, runs=runs)
-    extra = _sweep.estimate(with_init - without)   # paired: same inputs
-    expected = (1 - 8 / 40) * 40 * 0.25**2
-    np.testing.assert_array_less(np.abs(extra.mean - expected), 4 * extra.se)
-    np.testing.assert_array_less(extra.se, 0.02 * expected)
+    extra = _sweep.estimate(_sweep.expected_distances(with_init, grid, runs=runs)
+                            - _sweep.expected_distances(without, grid, runs=runs))
+    expected = (1 - 8 / 40) * np.sum((omega0 - base["w0"]) ** 2)
+    th = np.asarray(theory.distance(with_init, jnp.asarray(grid))
+                    - theory.distance(without, jnp.asarray(grid)))
+    np.testing.assert_allclose(th, expected, rtol=1e-12)
+    np.testing.assert_array_less(np.abs(extra.mean - th), 4 * extra.se)
+    np.testing.assert_array_less(extra.se, 0.02 * expected)   # the check has power
 
   def test_leading_order_gap_shrinks_as_sizes_grow_at_fixed_ratios(self):
     # Fig. 2 ratios p : n_t : n_r = 60 : 30 : 20, N = n_v m = 6 fixed. Theorem 1 is
