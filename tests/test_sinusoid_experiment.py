@@ -337,8 +337,11 @@ class ConfigTest(parameterized.TestCase):
       whole = experiment.preset(name, chunk_members=0)
       self.assertEqual(whole.chunk_members, 0)
       self.assertEqual(experiment._modified(whole, name), ("chunk_members",))
-    for name in ("finn_table2", "finn_table2_code", "alpha_t_small"):
-      self.assertEqual(experiment.preset(name).chunk_members, 0)
+    for name in ("finn_table2", "finn_table2_code"):   # 5 members, one per chunk
+      self.assertEqual(experiment.preset(name).chunk_members, 1)
+      self.assertEqual(experiment._modified(experiment.preset(name, seeds=2), name),
+                       ("seeds",))
+    self.assertEqual(experiment.preset("alpha_t_small").chunk_members, 0)
 
 
 def _binary(*args, timeout=300):
