@@ -181,7 +181,8 @@ def _expect(poly: np.polynomial.Polynomial, moments: list[float]) -> float:
 
 
 class WishartExactCasesTest(parameterized.TestCase):
-  """Every moment formula, noise-free, where H has a closed law.
+  """Every moment formula, noise-free: where H has a closed law, and by exact
+  Gaussian quadrature on small matrices.
 
   p = 1: H = χ²(n)/n (a scalar h, A = 1 − αh). n = 1: H = xxᵀ, one eigenvalue
   r = ‖x‖² ~ χ²(p) and p − 1 zeros, so tr A² = (1 − αr)² + p − 1.
@@ -216,6 +217,29 @@ class WishartExactCasesTest(parameterized.TestCase):
         "gamma4": _expect(P([1.0, -alpha]) ** 4 + (p - 1), m) / p,
     }
     self._check(expected, p, n, alpha)
+
+  @parameterized.parameters((2, 2, -0.7), (3, 2, 0.4), (2, 3, 1.3), (4, 2, -0.3),
+                            (2, 4, 0.8))
+  def test_small_matrices_by_exact_gaussian_quadrature(self, p, n, alpha):
+    # Every moment is a polynomial of degree ≤ 8 in each entry of X, so a
+    # 5-node Gauss–Hermite rule per entry (exact to degree 9) gives its exact
+    # expectation. With n, p ≥ 2 this pins the (n − 1)(p − 1) cross terms that
+    # the p = 1 and n = 1 cases cannot see.
+    nodes, weights = np.polynomial.hermite_e.hermegauss(5)
+    weights = weights / np.sqrt(2 * np.pi)
+    idx = np.indices((5,) * (n * p)).reshape(n * p, -1).T    # every node tuple
+    x = nodes[idx].reshape(-1, n, p)
+    weight = np.prod(weights[idx], axis=1)
+    hm = np.einsum("bnp,bnq->bpq", x, x) / n
+    a2 = (np.eye(p) - alpha * hm) @ (np.eye(p) - alpha * hm)
+    tr = lambda m: np.trace(m, axis1=-2, axis2=-1)  # noqa: E731
+    h2 = hm @ hm
+    samples = {
+        "mu2": tr(h2) / p, "mu3": tr(h2 @ hm) / p, "mu4": tr(h2 @ h2) / p,
+        "h": tr(a2) / p, "gamma1": tr(a2 @ hm) / p, "gamma2": tr(hm) * tr(a2) / p**2,
+        "gamma3": tr(a2) ** 2 / p**2, "gamma4": tr(a2 @ a2) / p,
+    }
+    self._check({k: float(weight @ v) for k, v in samples.items()}, p, n, alpha)
 
   def _check(self, expected, p, n, alpha):
     for name, value in expected.items():
