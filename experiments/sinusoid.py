@@ -15,8 +15,7 @@ Every (α_t, seed) member is meta-trained in one compiled call (or
 --chunk_members at a time, saved to <workdir>/chunks so that rerunning the same
 command resumes; the presets that run for minutes default to chunks: 1 member
 for finn_table2 and finn_table2_code, 12 for alpha_t_sweep and alpha_t_alpha_r)
-and evaluated at every α_r with Finn's
-test protocol. Writes results.json (config, seeds, versions, per grid value:
+and evaluated at every α_r with Finn's test protocol. Writes results.json (config, seeds, versions, per grid value:
 loss after each fine-tuning step, mean ± s.e. and 95% CI over seeds, Finn's
 per-seed CI, divergence), runs.npz (per-task losses, training curves, final
 parameters) and PNGs (learning curve with Finn's Table 2, loss vs α_t, the
@@ -62,9 +61,9 @@ flags.DEFINE_integer("dense_points", None, "Midpoint-grid points over [-5, 5] fo
                      "the low-noise estimator (0 .. 10^5; 0 = off).")
 flags.DEFINE_integer("chunk_members", None, "Grid members per compiled call, each "
                      "saved to <workdir>/chunks so an interrupted run resumes "
-                     "(0 = all; at most seeds × number of α_t; default 0, 1 for "
-                     "finn_table2 and finn_table2_code, 12 for alpha_t_sweep and "
-                     "alpha_t_alpha_r).")
+                     "(0 = all; at most seeds × number of α_t; default 0, or per preset: "
+                     + ", ".join(f"{name} {size}" for name, size
+                                 in experiment.DEFAULT_CHUNK_MEMBERS.items()) + ").")
 flags.DEFINE_enum("remat", None, list(experiment.REMAT),
                   "Inner-loop rematerialization.")
 flags.DEFINE_enum("dtype", None, list(experiment.DTYPES), "Float type.")
