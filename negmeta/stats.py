@@ -63,8 +63,3 @@ def nan_ignoring(fn, values: np.ndarray) -> float:
   v = v[~np.isnan(v)]
   return float(fn(v)) if v.size else float("nan")
 
-
-def interval95(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Normal-approximation 95% interval (mean ± 1.96 s.e.) over axis 0 of [R, ...]."""
-  e = estimate(values)
-  return e.mean - 1.96 * e.se, e.mean + 1.96 * e.se

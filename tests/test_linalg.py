@@ -36,11 +36,29 @@ class EigvalshTest(parameterized.TestCase):
 
   def test_already_tridiagonal_and_diagonal(self):
     d = jnp.array([3.0, -1.0, 0.0, 4.0])
-    np.testing.assert_allclose(_linalg.eigvalsh(jnp.diag(d)), jnp.sort(d), atol=1e-15)
+    # Bisection ends within an ulp of the eigenvalue (ulp(4) = 8.9e-16).
+    np.testing.assert_allclose(_linalg.eigvalsh(jnp.diag(d)), jnp.sort(d), rtol=0,
+                               atol=1e-15)
     t = jnp.diag(d) + jnp.diag(jnp.ones(3), 1) + jnp.diag(jnp.ones(3), -1)
     diag, off = _linalg.tridiagonalize(t)
     np.testing.assert_allclose(diag, d, atol=1e-15)
     np.testing.assert_allclose(jnp.abs(off), 1.0, atol=1e-15)
+
+  def test_eigenvalues_on_the_gershgorin_bounds(self):
+    # ones((2, 2)) has eigenvalues 0 and 2, exactly the ends of its Gershgorin
+    # interval [0, 2]: the bisection's starting interval must contain them.
+    np.testing.assert_allclose(_linalg.eigvalsh(jnp.ones((2, 2))), [0.0, 2.0], rtol=0,
+                               atol=4.4e-16)                              # ulp(2)
+
+  @parameterized.parameters((1.0,), (-1.0,))
+  def test_reflection_without_cancellation(self, sign):
+    # The column below the diagonal is ≈ ±e_1 (its head carries almost all of its
+    # norm): v = x − sign(x₁)‖x‖e₁ would cancel to ~1e-16 and, normalised, lose
+    # all precision; the Householder vector must take x₁'s sign.
+    t = np.diag([3.0, -1.0, 0.0, 4.0]) + sign * (np.eye(4, k=1) + np.eye(4, k=-1))
+    t[2, 0] = t[0, 2] = 1e-8
+    np.testing.assert_allclose(_linalg.eigvalsh(jnp.asarray(t)),
+                               jnp.linalg.eigvalsh(jnp.asarray(t)), rtol=0, atol=1e-13)
 
   def test_tridiagonal_form_keeps_the_spectrum(self):
     a = _symmetric(3, (6, 6))

@@ -199,7 +199,13 @@ def runs_mesh(devices=None) -> jax.sharding.Mesh:
 def default_batch_size(problem: problems.MixedLinearRegression, grid_size: int,
                        test_tasks: int, test_points: int,
                        budget_bytes: float = 256e6) -> int:
-  """Runs vmapped together so that one batch's largest buffers fit `budget_bytes`."""
+  """Runs vmapped together so that one batch's largest buffers fit `budget_bytes`.
+
+  Counts the buffers of the direct protocol (every test point drawn), which
+  the reduced protocol's are far below. XLA's measured temporary memory of a
+  batch is 0.7-1.4× the budget for the direct protocol and 0.2-0.5× for the
+  reduced one (BUILD_NOTES.md §3.5).
+  """
   p, n = problem.p, problem.num_validation
   floats = (grid_size * test_tasks * (problem.n_r + test_points + 2 * p)
             + test_tasks * (problem.n_r + test_points) * p
@@ -239,7 +245,8 @@ def run_sweep(problem: problems.MixedLinearRegression, alpha_t, alpha_r, *,
     test_tasks, test_points: evaluation protocol sizes.
     batch_size: runs vmapped together (default: from a 256 MB memory budget).
       With a mesh, it is rounded up to a multiple of the number of devices.
-    chunk_runs: runs per compiled call and saved chunk (default: all runs).
+    chunk_runs: runs per compiled call and saved chunk (default: all runs),
+      rounded up to a whole number of batches.
       Chunks are saved to `store` when given, and loaded from it on a rerun.
       The last chunk is padded to the full chunk size (its extra runs are
       computed and dropped) so that every chunk reuses the one compiled call.
