@@ -29,6 +29,17 @@ def _assert_runs_close(a, b, **tol):
     np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=name, **tol)
 
 
+def _recording_kernel_calls(calls: list):
+  """Patches the sweep's kernel to append the keys' shape of each call to `calls`."""
+  kernel = _sweep.simulate_batches
+
+  def recorded(keys, *args, **kwargs):
+    calls.append(keys.shape)
+    return kernel(keys, *args, **kwargs)
+
+  return mock.patch.object(_sweep, "simulate_batches", recorded)
+
+
 class OneTraceTest(absltest.TestCase):
 
   def _counted(self):
@@ -151,13 +162,7 @@ class BatchAndChunkSizeTest(absltest.TestCase):
     # chunk_runs=6 with batches of 4: chunks of 8 runs (2 batches), so 10 runs
     # take 2 calls (the second padded), not 3 chunks of 4.
     calls, totals = [], []
-    kernel = _sweep.simulate_batches
-
-    def counted(keys, *args, **kwargs):
-      calls.append(keys.shape)
-      return kernel(keys, *args, **kwargs)
-
-    with mock.patch.object(_sweep, "simulate_batches", counted):
+    with _recording_kernel_calls(calls):
       out = _sweep.run_sweep(_problem(), [0.1, 0.5], 0.2, runs=10, seed=0, batch_size=4,
                              chunk_runs=6, on_chunk=lambda i, t, loaded: totals.append(t),
                              **EVAL)
@@ -197,13 +202,7 @@ class ResumeTest(absltest.TestCase):
         _sweep.run_sweep(_problem(), grid, 0.2, store=store, on_chunk=interrupt, **kw)
       self.assertEqual(sorted(os.listdir(d)), ["chunk_00000.npz", "chunk_00001.npz"])
       events, calls = [], []
-      kernel = _sweep.simulate_batches
-
-      def counted(keys, *args, **kwargs):
-        calls.append(keys.shape)
-        return kernel(keys, *args, **kwargs)
-
-      with mock.patch.object(_sweep, "simulate_batches", counted):
+      with _recording_kernel_calls(calls):
         resumed = _sweep.run_sweep(_problem(), grid, 0.2, store=store,
                                    on_chunk=lambda i, t, loaded: events.append(loaded),
                                    **kw)
