@@ -2,8 +2,8 @@ r"""Where the paper-scale Fig. 2b sweep spends its time: trace, compile, execute
 
 Run by hand:  python benchmarks/linear_kernel_breakdown.py [--variants=...]
 
-Times `linear._sweep.simulate_batches` for 1000 runs of the Fig. 2b problem (41
-α_t values, α_r = 0.2, 100 new tasks × 50 points, float64, batches of 26) in
+Times `linear._sweep.simulate_batches` on the `fig2b` preset (1000 runs, 41 α_t
+values, α_r = 0.2, 100 new tasks × 50 points, float64) in batches of 26, in
 three phases: `lower` (tracing), `compile`, and two executions. Variants
 (ablations, each in its own subprocess so no compilation is shared):
 
@@ -39,36 +39,36 @@ def _cpu_seconds() -> float:
 def measure(variant: str) -> dict:
   import jax
   import jax.numpy as jnp
-  import numpy as np
   jax.config.update("jax_enable_x64", True)
-  from negmeta import _prng, problems
-  from negmeta.linear import _maml, _sweep
+  from negmeta import _prng
+  from negmeta.linear import _maml, _sweep, experiment
+  config = experiment.preset("fig2b")
+  problem = experiment.make_problem(config)
+  alpha_t, alpha_r = (jnp.asarray(g) for g in experiment.grid_pairs(config))
   if variant == "no_normals":
     _prng.normals = lambda key, shapes, dtype=jnp.float64: [
         jnp.full(s, 0.1, dtype) for s in shapes]
   elif variant == "no_protocol":
-    _maml.protocol_test_loss_reduced = lambda key, *args, **kwargs: jnp.zeros(41)
-  problem = problems.mixed_linear_regression(p=60, n_t=30, n_v=2, n_r=20, m=3,
-                                             sigma=1.0, nu=0.5)
-  grid = np.linspace(-2.0, 2.0, 41)
-  plan = _sweep.protocol_plan(grid, 0.2)
-  alpha_t, alpha_r = _sweep._grid_arrays(grid, 0.2, jnp.float64)
+    _maml.protocol_test_loss_reduced = lambda key, *args, **kwargs: jnp.zeros_like(alpha_t)
   batch = 26
-  n = -(-1000 // batch)
-  keys = _sweep.run_keys(0, 0, n * batch).reshape(n, batch)
+  n = -(-config.runs // batch)
+  keys = _sweep.run_keys(config.seed, 0, n * batch).reshape(n, batch)
+  sizes = dict(test_tasks=config.test_tasks, test_points=config.test_points,
+               plan=_sweep.protocol_plan(alpha_t, alpha_r))
   result = {"variant": variant, "runs": n * batch, "batch": batch}
-  compiled = None
-  for phase in ("trace", "compile", "execute", "execute_again"):
+
+  def timed(phase, fn):
     cpu, wall = _cpu_seconds(), time.perf_counter()
-    if phase == "trace":
-      lowered = _sweep.simulate_batches.lower(keys, problem, alpha_t, alpha_r,
-                                              test_tasks=100, test_points=50, plan=plan)
-    elif phase == "compile":
-      compiled = lowered.compile()
-    else:
-      jax.block_until_ready(compiled(keys, problem, alpha_t, alpha_r))
+    out = jax.block_until_ready(fn())
     result[f"{phase}_s"] = round(time.perf_counter() - wall, 3)
     result[f"{phase}_cpu_s"] = round(_cpu_seconds() - cpu, 3)
+    return out
+
+  lowered = timed("trace", lambda: _sweep.simulate_batches.lower(
+      keys, problem, alpha_t, alpha_r, **sizes))
+  compiled = timed("compile", lowered.compile)
+  for phase in ("execute", "execute_again"):
+    timed(phase, lambda: compiled(keys, problem, alpha_t, alpha_r))
   result["total_s"] = round(result["trace_s"] + result["compile_s"] + result["execute_s"], 3)
   return result
 

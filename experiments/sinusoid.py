@@ -15,11 +15,12 @@ Every (α_t, seed) member is meta-trained in one compiled call (or
 --chunk_members at a time, saved to <workdir>/chunks so that rerunning the same
 command resumes; the presets that run for minutes default to chunks: 1 member
 for finn_table2 and finn_table2_code, 12 for alpha_t_sweep and alpha_t_alpha_r)
-and evaluated at every α_r with Finn's test protocol. Writes results.json (config, seeds, versions, per grid value:
-loss after each fine-tuning step, mean ± s.e. and 95% CI over seeds, Finn's
-per-seed CI, divergence), runs.npz (per-task losses, training curves, final
-parameters) and PNGs (learning curve with Finn's Table 2, loss vs α_t, the
-α_t × α_r map, meta-training curves), and prints a table.
+and evaluated at every α_r with Finn's test protocol. Writes results.json
+(config, seeds, versions, per grid value: loss after each fine-tuning step,
+mean ± s.e. and 95% CI over seeds, Finn's per-seed CI, divergence), runs.npz
+(per-task losses, training curves, final parameters) and PNGs (learning curve
+with Finn's Table 2, loss vs α_t, the α_t × α_r map, meta-training curves), and
+prints a table.
 
 A preset fixes the problem (meta-batch, shots, inner steps, β, order, the
 evaluation protocol; for finn_table2 also α_t = α_r = 0.01); flags that

@@ -101,7 +101,6 @@ class CommonRandomNumbersTest(absltest.TestCase):
     b = _sweep.run_sweep(_problem(), [0.1], 0.2, runs=4, seed=2, **EVAL)
     self.assertFalse(np.allclose(a.distance, b.distance))
 
-
   def test_run_keys_are_fold_ins_of_the_seed(self):
     # The documented contract that makes a run's data independent of batching,
     # chunking and sharding (and that saved chunks rely on): run r uses
