@@ -21,8 +21,8 @@ import numpy as np
 from absl.testing import absltest, flagsaver, parameterized
 
 from negmeta import _checks, io, maml
-from negmeta.convergence import experiment, maps, problems
-from negmeta.theory import convergence
+from negmeta.convergence import experiment, maps, predict, problems
+from negmeta.theory import convergence, hessian
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 from experiments import convergence_map  # noqa: E402
@@ -58,6 +58,39 @@ class ClassificationTest(absltest.TestCase):
     relative = maps.classify(final, initial, nonfinite,
                              maps.Criterion("loss", 0.6, relative=True))
     np.testing.assert_array_equal(relative, [C, N, D, D, D, C])
+
+  def test_relative_threshold_is_scale_free_and_absolute_is_not_relative(self):
+    """Relative: classes are invariant under q → c·q. Absolute: q_0 sets no bar."""
+    rng = np.random.default_rng(0)
+    initial = rng.uniform(0.1, 10.0, 200)
+    final = initial * rng.uniform(0.0, 1.0, 200) ** 3      # none grew
+    nonfinite = np.zeros(200, bool)
+    relative = maps.Criterion("loss", 0.05, relative=True)
+    base = maps.classify(final, initial, nonfinite, relative)
+    np.testing.assert_array_equal(base == C, final < 0.05 * initial)
+    for scale in (1e-4, 1e4):
+      np.testing.assert_array_equal(
+          maps.classify(scale * final, scale * initial, nonfinite, relative), base)
+    absolute = maps.Criterion("loss", 0.05)
+    fixed_bar = maps.classify(final, initial, nonfinite, absolute)
+    # A larger q_0 changes nothing while nothing grows: the bar is 0.05 itself.
+    np.testing.assert_array_equal(
+        maps.classify(final, 10.0 * initial, nonfinite, absolute), fixed_bar)
+    for classes in (base, fixed_bar):  # both outcomes occur: not vacuous
+      self.assertGreater(np.sum(classes == C), 10)
+      self.assertGreater(np.sum(classes == N), 10)
+
+  def test_classify_unchanged_exact_threshold_and_unflagged_nan(self):
+    """q_T = q_0 has not grown; q_T = threshold is not below it; NaN q_T diverged.
+
+    The first cell is a run started at the fixed point (‖g‖ = 0 throughout): it
+    converged. The last is a NaN quantity whose run was not flagged non-finite.
+    """
+    final = np.array([0.0, 0.3, 1e-2, np.nan])
+    initial = np.array([0.0, 0.3, 1.0, 1.0])
+    classes = maps.classify(final, initial, np.zeros(4, bool),
+                            maps.Criterion("update_norm", 1e-2))
+    np.testing.assert_array_equal(classes, [C, N, N, D])
 
   def test_away_from_boundary_and_agreement(self):
     pred = np.full((6, 7), C, np.int8)
@@ -207,6 +240,94 @@ class EngineTest(absltest.TestCase):
     closed, autodiff = both(prob, theta)
     for c, a in zip(closed, autodiff):
       np.testing.assert_allclose(c, a, rtol=1e-11, atol=1e-13)
+
+
+class LinearPredictionTest(absltest.TestCase):
+
+  def test_exact_t_step_map_reproduces_engine_runs(self):
+    # Theory vs simulation on every cell: the closed-form θ_T and the quantities
+    # at θ_0 and θ_T of `predict_linear` against the engine's outer-loop runs
+    # (separate support/query data, three tasks, both signs of α).
+    prob = problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
+                                 n_query=6, sigma=0.3, nu=1.0, w0=0.5, omega0=0.2)
+    alpha = jnp.array([-0.2, 0.0, 0.15])
+    beta = jnp.array([0.02, 0.08, 0.2])
+    for method in ("maml", "fomaml"):
+      with self.subTest(method=method):
+        runs = maps.run_map(problems.linear_apply, prob.theta0, prob.batch, alpha,
+                            beta, method=method, iterations=12)
+        pred = predict.predict_linear(prob, alpha, beta, method=method,
+                                      iterations=12)
+        self.assertFalse(np.any(runs.nonfinite))
+        for name in ("loss", "update_norm"):
+          for got, want in zip(pred.quantity(name), runs.quantity(name)):
+            np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=name)
+        # Not vacuous: q_0 depends on α, and every run moved (MAML's cell at
+        # α = −0.2, β = 0.2 > β_c(α) grows: the map reproduces divergence too).
+        initial_loss = np.asarray(runs.initial_loss)[:, 0]
+        self.assertGreater(np.ptp(initial_loss), 1e-2 * np.max(initial_loss))
+        self.assertTrue(np.all(np.abs(np.log(np.asarray(runs.final_loss)
+                                             / np.asarray(runs.initial_loss))) > 0.1))
+
+
+class HessianPredictionTest(absltest.TestCase):
+  """The Hessian-based predictions of `predict`, checked where they are exact."""
+
+  def test_meta_hessian_extremes_equal_closed_form_on_quadratic(self):
+    # On a quadratic problem the one-step MAML meta-loss is exactly quadratic
+    # with Hessian J(α) = mean_i (I − αS_i)ᵀQ_i(I − αS_i) (separate support and
+    # query data, three tasks); Lanczos with as many steps as parameters is exact.
+    prob = problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
+                                 n_query=6, sigma=0.3, nu=1.0, w0=0.5)
+    S, Q, _, _ = problems.hessians(prob)
+    alpha = jnp.array([-0.3, 0.0, 0.15])
+    theta = jnp.array([0.3, -0.2, 0.1, 0.7])
+    lam_max, lam_min = predict.meta_hessian_extremes(
+        problems.linear_apply, theta, prob.batch, alpha, jax.random.key(0),
+        num_iters=4)
+    eigs = np.linalg.eigvalsh(np.asarray(convergence.meta_hessian(alpha, S, Q)))
+    scale = float(np.max(np.abs(eigs)))
+    np.testing.assert_allclose(lam_max, eigs[:, -1], rtol=0, atol=1e-10 * scale)
+    np.testing.assert_allclose(lam_min, eigs[:, 0], rtol=0, atol=1e-10 * scale)
+    # α really changes the meta-Hessian (negative α sharpens it).
+    self.assertGreater(eigs[0, -1], 1.2 * eigs[1, -1])
+
+  def test_hessian_spectrum_pairs_each_top_value_with_its_residual(self):
+    # A partial run (8 steps, n = 12): the residuals differ per Ritz pair.
+    rng = np.random.default_rng(1)
+    U = np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    A = jnp.asarray(U @ np.diag(np.linspace(-1.0, 5.0, 12)) @ U.T)
+    loss = lambda p: 0.5 * p["x"] @ A @ p["x"]
+    params, key = {"x": jnp.zeros(12)}, jax.random.key(2)
+    spec = predict.hessian_spectrum(loss, params, key, num_iters=8, top_k=3)
+    res = hessian.lanczos(loss, params, key, num_iters=8, top_k=3)
+    ritz = np.asarray(res.ritz_values)
+    for value, residual in zip(np.asarray(spec.top), np.asarray(spec.residuals_top)):
+      paired = res.residuals[np.argmin(np.abs(ritz - value))]
+      np.testing.assert_allclose(residual, paired, rtol=1e-12)
+    np.testing.assert_array_equal(spec.top, np.sort(ritz)[::-1][:3])
+    # Rayleigh–Ritz: an eigenvalue of H lies within each residual of its value.
+    eigs = np.linspace(-1.0, 5.0, 12)
+    for value, residual in zip(np.asarray(spec.top), np.asarray(spec.residuals_top)):
+      self.assertLessEqual(np.min(np.abs(eigs - value)), residual + 1e-12)
+    # Not vacuous: the other Ritz pairs have other residuals.
+    self.assertGreater(float(np.max(np.abs(np.asarray(spec.residuals_top)
+                                           - np.asarray(res.residuals[:3])))), 1e-2)
+
+  def test_eigenvalue_boundaries_use_positive_eigenvalues_only(self):
+    # At a saddle the Lanczos spectrum has λ ≤ 0; those are reported but impose
+    # no β bound (they would force β_c = 0): adding them changes nothing.
+    alpha = jnp.array([-0.2, 0.0, 0.1])
+    positive = jnp.array([0.5, 2.0])
+    with_saddle = jnp.array([-1.0, 0.0, 0.5, 2.0])
+    for method in ("maml", "fomaml"):
+      with self.subTest(method=method):
+        got = predict.eigenvalue_boundaries(alpha, with_saddle, method=method)
+        want = predict.eigenvalue_boundaries(alpha, positive, method=method)
+        np.testing.assert_allclose(got, want, rtol=1e-15)
+        self.assertTrue(np.all(np.asarray(got) > 0))
+        # At α = 0 both are gradient descent on H: 2/λ_max.
+        np.testing.assert_allclose(np.asarray(got)[:, 1], 2 / 2.0, rtol=1e-15)
 
 
 class LinearMapTest(parameterized.TestCase):

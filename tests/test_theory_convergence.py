@@ -249,6 +249,29 @@ class CriticalBetaTest(parameterized.TestCase):
                                                                  "fomaml")), 1.0)
     self.assertFalse(bool(convergence.predicted_class(alpha, 1e-3, S, S, "fomaml")))
 
+  @parameterized.parameters("maml", "fomaml")
+  def test_non_positive_beta_is_never_predicted_to_converge(self, method):
+    """β ≤ 0 cannot contract: |1 − βμ| ≥ 1 for every μ with Re μ ≥ 0.
+
+    So `predicted_class` and `predicted_class_eigs` must say "diverges" at β ≤ 0
+    even though β < β_c(α) there, at negative, zero and positive α alike.
+    """
+    S, Q, _, _ = _problem(31, 3, 3, False)
+    lam = jnp.linalg.eigvalsh(S[0])
+    alphas = jnp.array([-0.5, 0.0, 0.2])
+    betas = jnp.array([-1.0, -1e-3, 0.0])
+    for S_, Q_ in ((S, Q), (S[:1], S[:1])):
+      rho = np.asarray(convergence.spectral_radius(alphas[:, None], betas[None, :],
+                                                   S_, Q_, method))
+      self.assertTrue(np.all(rho >= 1.0 - 1e-12), rho)
+      # Not vacuous: every β here is below a positive β_c(α).
+      self.assertTrue(np.all(np.asarray(
+          convergence.critical_beta(alphas, S_, Q_, method)) > 0.1))
+      self.assertFalse(np.any(np.asarray(convergence.predicted_class(
+          alphas[:, None], betas[None, :], S_, Q_, method))))
+    self.assertFalse(np.any(np.asarray(convergence.predicted_class_eigs(
+        alphas[:, None], betas[None, :], lam, method))))
+
   @parameterized.parameters(*SIGNED_ALPHAS, 0.5, 0.9)
   def test_takagi_equals_fomaml_exact_boundary_single_task(self, alpha):
     S, _, _, _ = _problem(5, 1, 3, True)
