@@ -79,6 +79,165 @@ class TasksAndModelTest(absltest.TestCase):
       nl.antisymmetric_init(nl.TwoLayerReLU(5), jax.random.key(0), 3)
 
 
+class NTKParameterizationTest(absltest.TestCase):
+
+  def test_tangent_kernel_is_the_closed_form_of_the_ntk_parameterization(self):
+    # f = aᵀrelu(u)/√h + b₂, u = Wᵀx/√d + b₁: the tangent kernel is
+    # Θ(x, x') = [relu(u)·relu(u') + Σᵢ aᵢ² 1[uᵢ > 0] 1[u'ᵢ > 0] (xᵀx'/d + 1)]/h + 1.
+    d, h = 3, 10
+    module = nl.TwoLayerReLU(h, param_dtype=jnp.float64)
+    params = nl.antisymmetric_init(module, jax.random.key(0), d, antisymmetric=False)
+    lin = ntk.linearize(lambda p, x: module.apply(p, x), params)
+    x = 2.0 * jax.random.normal(jax.random.key(1), (6, d), jnp.float64)
+    phi = lin.features(x)
+    p = {k: np.asarray(v) for k, v in params["params"].items()}
+    u = np.asarray(x) @ p["w1"] / np.sqrt(d) + p["b1"]                 # [n, h]
+    on = (u > 0).astype(float)
+    want = (np.maximum(u, 0) @ np.maximum(u, 0).T
+            + ((on * p["w2"] ** 2) @ on.T) * (np.asarray(x) @ np.asarray(x).T / d + 1)
+            ) / h + 1
+    np.testing.assert_allclose(phi @ phi.T, want, rtol=1e-12)
+
+  def test_random_network_output_variance_is_the_relu_nngp(self):
+    # Plain init, all of W, b₁, a ~ N(0, 1) and b₂ = 0: for every width,
+    # E f(x)² = E relu(u)² = (‖x‖²/d + 1)/2, u ~ N(0, ‖x‖²/d + 1).
+    d, h, n = 3, 8, 4000
+    module = nl.TwoLayerReLU(h, param_dtype=jnp.float64)
+    x = jnp.array([[2.0, -2.0, 2.0], [0.0, 0.0, 0.0]], jnp.float64)    # ‖x‖² = 12, 0
+    f = jax.vmap(lambda k: module.apply(
+        nl.antisymmetric_init(module, k, d, antisymmetric=False), x))(
+            jax.random.split(jax.random.key(2), n))                    # [n, 2]
+    f2 = np.asarray(f) ** 2
+    for j, sq in enumerate((12.0, 0.0)):
+      self.assertAlmostEqual(f2[:, j].mean(), (sq / d + 1) / 2,
+                             delta=5 * f2[:, j].std() / np.sqrt(n))
+
+  def test_linearized_model_keeps_the_initial_function(self):
+    # Without the antisymmetric pairing f(·; θ₀) ≠ 0: f_lin = f(θ₀) + Φδ, and the
+    # adapted test loss of the linearized model is the engine's on that model.
+    d = 3
+    module = nl.TwoLayerReLU(8, param_dtype=jnp.float64)
+    apply = lambda p, x: module.apply(p, x)  # noqa: E731
+    params = nl.antisymmetric_init(module, jax.random.key(3), d, antisymmetric=False)
+    lin = ntk.linearize(apply, params)
+    test = nl.sample_tasks(jax.random.key(4), _problem(), 3, 3, 4)
+    x = test.x_query.reshape(-1, d)
+    f0 = apply(params, x)
+    self.assertGreater(float(jnp.min(jnp.abs(f0))), 1e-3)
+    deltas = 0.3 * jax.random.normal(jax.random.key(5), (2, lin.num_params), jnp.float64)
+    np.testing.assert_allclose(lin.f0(x), f0, rtol=1e-13)
+    np.testing.assert_allclose(lin.predict(deltas[0], x),
+                               f0 + lin.features(x) @ deltas[0], rtol=1e-12)
+    explicit = lambda delta, xs: apply(params, xs) + lin.features(xs) @ delta  # noqa: E731
+    got = jax.jit(lambda dl: ntk.adapted_test_loss(lin, dl, test, jnp.array([0.2, -0.5]),
+                                                   chunk=2))(deltas)
+    engine = jax.jit(jax.vmap(jax.vmap(
+        lambda dl, a: maml.adapt_and_evaluate(explicit, dl, a, test, steps=1,
+                                              loss_fn=_study.half_mse).query[:, 1],
+        in_axes=(None, 0)), in_axes=(0, None)))
+    ref = engine(deltas, jnp.array([0.2, -0.5]))                      # [G, A, T]
+    np.testing.assert_allclose(got, np.transpose(ref, (2, 1, 0)), rtol=1e-10)
+
+
+class TaskDistributionTest(absltest.TestCase):
+
+  def test_task_spreads_and_targets(self):
+    # Distinct spreads: w − w̄ ~ N(0, ν_w²/d I), b − b̄ ~ N(0, ν_b²).
+    d, n = 5, 4000
+    prob = _problem(d=d, w_norm=1.0, b_mean=-0.4, nu_w=0.2, nu_b=0.7)
+    w, b = (np.asarray(a) for a in nl.sample_task_params(jax.random.key(6), prob, n))
+    np.testing.assert_allclose(w.mean(axis=0), np.full(d, 1 / np.sqrt(d)),
+                               atol=5 * 0.2 / np.sqrt(d * n))
+    self.assertAlmostEqual(b.mean(), -0.4, delta=5 * 0.7 / np.sqrt(n))
+    self.assertAlmostEqual(w.var(axis=0).mean() / (0.2**2 / d), 1.0,
+                           delta=5 * np.sqrt(2 / (d * n)))
+    self.assertAlmostEqual(b.var() / 0.7**2, 1.0, delta=5 * np.sqrt(2 / n))
+    # Targets (wᵀx + b)² against NumPy, with b of both signs.
+    x = np.asarray(jax.random.normal(jax.random.key(7), (n, 2, d), jnp.float64))
+    np.testing.assert_allclose(nl.quadratic_targets(x, w, b),
+                               (np.einsum("tnd,td->tn", x, w) + b[:, None]) ** 2,
+                               rtol=1e-12)
+
+
+def _study_sizes(**kw):
+  args = dict(d=3, width=8, m=2, n_t=4, n_v=2, n_r=3, n_s=5, test_tasks=4,
+              num_steps=7, momentum=0.9, antisymmetric=True, dtype="float64",
+              grid_batch=2, eval_batch=2, ntk_chunk=2)
+  args.update(kw)
+  return _study.Sizes(**args)
+
+
+class StudyKernelTest(absltest.TestCase):
+
+  def test_run_draws_fresh_test_tasks_of_the_right_sizes(self):
+    sizes = _study_sizes()
+    run = _study.make_run(jax.random.key(13), _problem(), sizes)
+    self.assertEqual(run.train.x_support.shape, (2, 4, 3))
+    self.assertEqual(run.train.x_query.shape, (2, 2, 3))
+    self.assertEqual(run.test.x_support.shape, (4, 3, 3))     # n_r adaptation points
+    self.assertEqual(run.test.x_query.shape, (4, 5, 3))       # n_s test points
+    train_x = np.concatenate([np.ravel(run.train.x_support), np.ravel(run.train.x_query)])
+    test_x = np.concatenate([np.ravel(run.test.x_support), np.ravel(run.test.x_query)])
+    self.assertFalse(np.any(np.isin(test_x, train_x)))
+
+  def test_curvatures_and_path_loss_against_autodiff(self):
+    # The α_t unit (calibrate), the meta-curvature and the NTK path's training
+    # loss, each against autodiff on the run's linearized network.
+    sizes, prob = _study_sizes(), _problem()
+    keys = jax.random.key(14)[None]
+    alpha = jnp.array([-0.3, 0.5])
+    lam = _study.calibrate(keys, prob, sizes)[0]                       # [m]
+    top, bottom = _study.ntk_curvature(keys, prob, alpha, sizes)
+    paths, path_loss = _study.ntk_paths(keys, prob, alpha, jnp.full((1, 2), 0.2), sizes)
+    run = _study.make_run(keys[0], prob, sizes)
+    lin = ntk.linearize(_study.apply_fn(sizes), run.params0)
+    zero = jnp.zeros_like(lin.flat0)
+    support = lambda dl, xs, ys: _study.half_mse(lin.predict(dl, xs), ys)  # noqa: E731
+    support_h = jax.jit(jax.vmap(jax.hessian(support), in_axes=(None, 0, 0)))
+    eig = np.linalg.eigvalsh(np.asarray(support_h(zero, run.train.x_support,
+                                                  run.train.y_support)))
+    np.testing.assert_allclose(lam, eig[:, -1], rtol=1e-9)
+    meta = lambda dl, a: maml.meta_loss(  # noqa: E731
+        lin.predict, dl, a, run.train, steps=1, loss_fn=_study.half_mse)
+    meta_h = jax.jit(jax.vmap(jax.hessian(meta), in_axes=(None, 0)))
+    n = sizes.m * sizes.n_v
+    eig = np.linalg.eigvalsh(np.asarray(meta_h(zero, alpha)))[:, -n:]
+    np.testing.assert_allclose(top[0], eig[:, -1], rtol=1e-8)
+    np.testing.assert_allclose(bottom[0], eig[:, 0], rtol=1e-8)
+    np.testing.assert_allclose(path_loss[0], jax.jit(jax.vmap(meta))(paths[0], alpha),
+                               rtol=1e-10)
+
+  def test_training_is_heavy_ball_on_the_one_step_maml_loss(self):
+    # Two outer steps of `train` against a hand-written one-inner-step MAML
+    # loss ½·MSE_query(θ − α ∇½·MSE_support(θ)), averaged over the run's tasks,
+    # and heavy-ball steps v ← g + μv, θ ← θ − βv.
+    sizes, prob = _study_sizes(num_steps=2), _problem()
+    keys = jax.random.key(15)[None]
+    alpha, beta = jnp.array([-0.6, 0.4]), 0.3
+    result = _study.train(keys, prob, alpha, jnp.full((1, 2), beta), sizes)
+    run = _study.make_run(keys[0], prob, sizes)
+    apply = _study.apply_fn(sizes)
+    mse = lambda p, x, y: 0.5 * jnp.mean((apply(p, x) - y) ** 2)  # noqa: E731
+
+    def maml_loss(p, a):
+      def task(xs, ys, xq, yq):
+        g = jax.grad(mse)(p, xs, ys)
+        return mse(jax.tree.map(lambda w, d: w - a * d, p, g), xq, yq)
+      return jnp.mean(jax.vmap(task)(*run.train))
+
+    loss_and_grad = jax.jit(jax.value_and_grad(maml_loss))
+    for g, a in enumerate(alpha):
+      theta, velocity = run.params0, None
+      for step in range(2):
+        loss, grad = loss_and_grad(theta, a)
+        np.testing.assert_allclose(result.losses[g, 0, step], loss, rtol=1e-10)
+        velocity = grad if velocity is None else jax.tree.map(
+            lambda u, v: u + sizes.momentum * v, grad, velocity)
+        theta = jax.tree.map(lambda w, v: w - beta * v, theta, velocity)  # noqa: B023
+      chex.assert_trees_all_close(jax.tree.map(lambda x: x[g, 0], result.state.params),
+                                  theta, rtol=1e-10, atol=1e-12)
+
+
 class LinearizationTest(absltest.TestCase):
 
   def test_linearization_matches_network_to_first_order(self):

@@ -99,6 +99,37 @@ class SinusoidSamplerTest(parameterized.TestCase):
         * np.sin(x - np.asarray(phase)[:, None, None]), rtol=1e-12,
         atol=1e-12)
 
+  def test_task_parameters_and_inputs_are_independent(self):
+    # A, φ and every input are separate uniform draws: across tasks, no
+    # correlation between them (|r| < 5 standard errors of 1/√n).
+    n = 2000
+    batch = sample_sinusoid_batch(jax.random.key(7), n, 3, 2,
+                                  dtype=jnp.float64)
+    x = np.concatenate([batch.x_support, batch.x_query], axis=1)
+    y = np.concatenate([batch.y_support, batch.y_query], axis=1)
+    amplitude, phase, _ = fit_sinusoids(x, y)
+    amp_p, phase_p = sample_sinusoid_params(jax.random.key(8), n,
+                                            dtype=jnp.float64)
+    pairs = [(amplitude, phase), (np.asarray(amp_p), np.asarray(phase_p))]
+    pairs += [(amplitude, x[:, j, 0]) for j in range(x.shape[1])]
+    pairs += [(phase, x[:, j, 0]) for j in range(x.shape[1])]
+    for u, v in pairs:
+      self.assertLess(abs(np.corrcoef(u, v)[0, 1]), 5 / np.sqrt(n))
+
+  def test_sinusoid_batch_inputs_cover_the_input_range(self):
+    # Points of given tasks are x ~ U[−5, 5], like those of the full sampler.
+    amplitude, phase = sample_sinusoid_params(jax.random.key(9), 500,
+                                              dtype=jnp.float64)
+    batch = sinusoid_batch(jax.random.key(10), amplitude, phase, 4, 6)
+    x = np.concatenate([batch.x_support, batch.x_query], axis=1).ravel()
+    self.assertGreaterEqual(x.min(), -5.0)
+    self.assertLessEqual(x.max(), 5.0)
+    self.assertLess(x.min(), -4.9)
+    self.assertGreater(x.max(), 4.9)
+    # Mean 0 and variance 10²/12 of U[−5, 5], within 5 standard errors.
+    self.assertLess(abs(x.mean()), 5 * np.sqrt(100 / 12 / x.size))
+    self.assertAlmostEqual(x.var(), 100 / 12, delta=5 * np.sqrt(80 / x.size))
+
 
 class ModelTest(absltest.TestCase):
 
@@ -116,6 +147,14 @@ class ModelTest(absltest.TestCase):
     self.assertAlmostEqual(float(jnp.std(params[1]["w"])), 0.01 * 0.8796,
                            delta=0.01 * 0.8796 * 0.1)
 
+  def test_mlp_layers_draw_independent_weights(self):
+    # Each layer has its own key: no layer repeats another's draws.
+    for seed in range(3):
+      w = [np.asarray(l["w"]) for l in models.mlp_init(jax.random.key(seed))]
+      first = w[0].ravel()                                    # 40 values
+      for other in (w[1][0], w[1][:, 0], w[2].ravel()):
+        self.assertLess(abs(np.corrcoef(first, other)[0, 1]), 0.6)
+
   def test_linen_mlp_matches_pure_function(self):
     module = models.LinenMLP(param_dtype=jnp.float64)
     variables = module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.float64))
@@ -128,6 +167,19 @@ class ModelTest(absltest.TestCase):
     x = jnp.linspace(-5.0, 5.0, 11)[:, None]
     np.testing.assert_allclose(module.apply(variables, x),
                                models.mlp_apply(pure, x), rtol=1e-13)
+
+  def test_linen_mlp_init_is_the_symmetric_truncated_normal(self):
+    # The same law as `mlp_init`: N(0, 0.01²) truncated at ±2 std on both sides.
+    variables = models.LinenMLP(param_dtype=jnp.float64).init(
+        jax.random.key(1), jnp.zeros((1, 1), jnp.float64))
+    w = np.asarray(variables["params"]["dense_1"]["kernel"]).ravel()  # 1600
+    std = 0.01 * 0.8796
+    self.assertLessEqual(np.abs(w).max(), 0.02)
+    # ~10 of 1600 draws are expected beyond 1.9 std in each tail.
+    self.assertLess(w.min(), -0.019)
+    self.assertGreater(w.max(), 0.019)
+    self.assertLess(abs(w.mean()), 5 * std / np.sqrt(w.size))
+    self.assertAlmostEqual(w.std(), std, delta=0.1 * std)
 
   def test_mlp_apply_is_relu_network(self):
     rng = np.random.default_rng(0)

@@ -13,10 +13,11 @@ from unittest import mock
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from negmeta import _checks, io
+from negmeta import _checks, io, models
 from negmeta.sinusoid import _kernel
 from negmeta.sinusoid import experiment
 
@@ -40,6 +41,64 @@ def _run(**changes):
 def _base():
   """TINY run once, shared by the tests that only read it."""
   return _run()
+
+
+class EvaluationKernelTest(absltest.TestCase):
+
+  def test_recorded_losses_are_plain_sgd_on_the_support_set(self):
+    # Entry s of a member's record is the query MSE after s SGD steps
+    # θ ← θ − α_r ∇MSE_support(θ) (Finn's test protocol), s = 0..S, checked
+    # against a plain loop of autodiff steps on the same test tasks.
+    steps, rates, seeds = 3, jnp.array([0.05, -0.02]), jnp.array([4, 9])
+    sizes = dict(test_tasks=3, eval_shots=5, test_points=6, dense_points=8)
+    init = [models.mlp_init(jax.random.key(s), stddev=0.7, dtype=jnp.float64)
+            for s in (0, 1)]
+    params = jax.tree.map(lambda *a: jnp.stack(a), *init)
+    query, dense = _kernel.evaluate_members_jit(
+        params, seeds, rates, eval_steps=steps, eval_batch=3, **sizes)
+    self.assertEqual(query.shape, (2, 2, 3, steps + 1))
+    mse = jax.jit(lambda p, x, y: jnp.mean((models.mlp_apply(p, x) - y) ** 2))
+    grad = jax.jit(jax.grad(mse))
+    for g in range(2):
+      protocol, grid = _kernel.eval_tasks(seeds[g], dtype=jnp.float64, **sizes)
+      for r, alpha in enumerate(rates):
+        for t in range(3):
+          p = init[g]
+          for s in range(steps + 1):
+            np.testing.assert_allclose(
+                query[g, r, t, s], mse(p, protocol.x_query[t], protocol.y_query[t]),
+                rtol=1e-10)
+            np.testing.assert_allclose(
+                dense[g, r, t, s], mse(p, grid.x_query[t], grid.y_query[t]),
+                rtol=1e-10)
+            p = jax.tree.map(lambda w, d: w - alpha * d, p,  # noqa: B023
+                             grad(p, protocol.x_support[t], protocol.y_support[t]))
+    # Adaptation at these rates really changes the loss step by step.
+    self.assertTrue(np.all(np.abs(np.diff(np.asarray(query), axis=-1)) > 1e-6))
+
+  def test_dense_set_is_a_midpoint_grid_of_the_same_tasks(self):
+    n = 40
+    protocol, dense = _kernel.eval_tasks(jnp.asarray(3), test_tasks=5, eval_shots=4,
+                                         test_points=6, dense_points=n,
+                                         dtype=jnp.float64)
+    x = np.asarray(dense.x_query)[..., 0]                  # [T, n]
+    np.testing.assert_array_equal(x, np.broadcast_to(x[0], x.shape))
+    # The midpoint rule on [−5, 5]: spacing 10/n, symmetric about 0, so the
+    # end points sit half a spacing inside the interval.
+    np.testing.assert_allclose(np.diff(x[0]), 10 / n, rtol=1e-12)
+    np.testing.assert_allclose(x[0], -x[0][::-1], atol=1e-12)
+    self.assertAlmostEqual(x[0, 0], -5 + 5 / n, places=12)
+    # Support set shared; dense targets are the protocol tasks' sinusoids.
+    np.testing.assert_array_equal(dense.x_support, protocol.x_support)
+    np.testing.assert_array_equal(dense.y_support, protocol.y_support)
+    xs = np.concatenate([protocol.x_support, protocol.x_query], axis=1)[..., 0]
+    ys = np.concatenate([protocol.y_support, protocol.y_query], axis=1)[..., 0]
+    # A sin(x − φ) = a sin x + b cos x: fit on the protocol points, predict.
+    basis = lambda v: np.stack([np.sin(v), np.cos(v)], axis=-1)  # noqa: E731
+    for t in range(5):
+      coef, *_ = np.linalg.lstsq(basis(xs[t]), ys[t], rcond=None)
+      np.testing.assert_allclose(np.asarray(dense.y_query)[t, :, 0],
+                                 basis(x[t]) @ coef, rtol=1e-9, atol=1e-12)
 
 
 class OneTraceTest(absltest.TestCase):
