@@ -42,6 +42,12 @@ def linear_map(preset, method):
                                           beta_num=24))
 
 
+def _small_mixed_linear(**kw):
+  """Three 4-d regression tasks, separate support (5) and query (6) data."""
+  return problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
+                               n_query=6, sigma=0.3, nu=1.0, w0=0.5, **kw)
+
+
 def _log_step(beta):
   return math.log(beta[-1] / beta[0]) / (len(beta) - 1)
 
@@ -221,8 +227,7 @@ class EngineTest(absltest.TestCase):
                                   safe.final_params[:, keep])
 
   def test_quadratic_problem_matches_engine_loss_and_gradients(self):
-    prob = problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
-                                 n_query=6, sigma=0.3, nu=1.0, w0=0.5)
+    prob = _small_mixed_linear()
     theta = jnp.array([0.3, -0.2, 0.1, 0.7])
 
     @jax.jit
@@ -248,8 +253,7 @@ class LinearPredictionTest(absltest.TestCase):
     # Theory vs simulation on every cell: the closed-form θ_T and the quantities
     # at θ_0 and θ_T of `predict_linear` against the engine's outer-loop runs
     # (separate support/query data, three tasks, both signs of α).
-    prob = problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
-                                 n_query=6, sigma=0.3, nu=1.0, w0=0.5, omega0=0.2)
+    prob = _small_mixed_linear(omega0=0.2)
     alpha = jnp.array([-0.2, 0.0, 0.15])
     beta = jnp.array([0.02, 0.08, 0.2])
     for method in ("maml", "fomaml"):
@@ -277,8 +281,7 @@ class HessianPredictionTest(absltest.TestCase):
     # On a quadratic problem the one-step MAML meta-loss is exactly quadratic
     # with Hessian J(α) = mean_i (I − αS_i)ᵀQ_i(I − αS_i) (separate support and
     # query data, three tasks); Lanczos with as many steps as parameters is exact.
-    prob = problems.mixed_linear(jax.random.key(3), p=4, num_tasks=3, n_support=5,
-                                 n_query=6, sigma=0.3, nu=1.0, w0=0.5)
+    prob = _small_mixed_linear()
     S, Q, _, _ = problems.hessians(prob)
     alpha = jnp.array([-0.3, 0.0, 0.15])
     theta = jnp.array([0.3, -0.2, 0.1, 0.7])

@@ -34,9 +34,10 @@ def _problem(d=3, **kw):
   return nl.quadratic_problem(d, dtype=jnp.float64, **args)
 
 
-def _net(width, d, key=0):
+def _net(width, d, key=0, antisymmetric=True):
   module = nl.TwoLayerReLU(width, param_dtype=jnp.float64)
-  params = nl.antisymmetric_init(module, jax.random.key(key), d)
+  params = nl.antisymmetric_init(module, jax.random.key(key), d,
+                                 antisymmetric=antisymmetric)
   return (lambda p, x: module.apply(p, x)), params
 
 
@@ -85,9 +86,8 @@ class NTKParameterizationTest(absltest.TestCase):
     # f = aᵀrelu(u)/√h + b₂, u = Wᵀx/√d + b₁: the tangent kernel is
     # Θ(x, x') = [relu(u)·relu(u') + Σᵢ aᵢ² 1[uᵢ > 0] 1[u'ᵢ > 0] (xᵀx'/d + 1)]/h + 1.
     d, h = 3, 10
-    module = nl.TwoLayerReLU(h, param_dtype=jnp.float64)
-    params = nl.antisymmetric_init(module, jax.random.key(0), d, antisymmetric=False)
-    lin = ntk.linearize(lambda p, x: module.apply(p, x), params)
+    apply, params = _net(h, d, key=0, antisymmetric=False)
+    lin = ntk.linearize(apply, params)
     x = 2.0 * jax.random.normal(jax.random.key(1), (6, d), jnp.float64)
     phi = lin.features(x)
     p = {k: np.asarray(v) for k, v in params["params"].items()}
@@ -116,9 +116,7 @@ class NTKParameterizationTest(absltest.TestCase):
     # Without the antisymmetric pairing f(·; θ₀) ≠ 0: f_lin = f(θ₀) + Φδ, and the
     # adapted test loss of the linearized model is the engine's on that model.
     d = 3
-    module = nl.TwoLayerReLU(8, param_dtype=jnp.float64)
-    apply = lambda p, x: module.apply(p, x)  # noqa: E731
-    params = nl.antisymmetric_init(module, jax.random.key(3), d, antisymmetric=False)
+    apply, params = _net(8, d, key=3, antisymmetric=False)
     lin = ntk.linearize(apply, params)
     test = nl.sample_tasks(jax.random.key(4), _problem(), 3, 3, 4)
     x = test.x_query.reshape(-1, d)
