@@ -13,7 +13,8 @@ Writes results.json (config, seeds, versions, per grid value: theory, simulated
 mean ± s.e., runs), runs.npz (per-run values) and a PNG, and prints a table.
 A preset fixes the problem (p, n_t, n_v, n_r, m, σ, ν, w_0, ω_0, the fixed rate and
 the swept one); flags that contradict it are an error, while --runs, --test_tasks,
---test_points, --seed and the grid may be changed.
+--test_points, --seed, the grid, --batch_size, --chunk_runs, --dtype and --shard
+may be changed.
 """
 
 from __future__ import annotations

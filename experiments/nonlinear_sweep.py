@@ -12,8 +12,8 @@ results out. Examples:
 Writes results.json (config, seeds, versions, curvature scale λ̄, per α_t: the
 trained network's and the NTK prediction's test loss mean ± s.e., runs, diverged
 count, paired differences against α_t = 0, optima with bootstrap intervals),
-runs.npz (per-run values) and nonlinear_sweep.png (trained and NTK curves on one
-plot), and prints a table. Rates (--grid, --alpha_r) are in units of 1/λ̄ unless
+runs.npz (per-run values) and nonlinear_sweep.png (trained and NTK curves, one
+panel per α_r), and prints a table. Rates (--grid, --alpha_r) are in units of 1/λ̄ unless
 --units=absolute. A preset fixes the problem (sizes, task distribution, σ, α_r,
 optimizer and steps); flags that contradict it are an error, while --grid,
 --seeds, --test_tasks, --test_points, --seed, --dtype and batching may change.

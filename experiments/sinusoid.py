@@ -23,7 +23,7 @@ with Finn's Table 2, loss vs α_t, the α_t × α_r map, meta-training curves), 
 prints a table.
 
 A preset fixes the problem (meta-batch, shots, inner steps, β, order, the
-evaluation protocol; for finn_table2 also α_t = α_r = 0.01); flags that
+evaluation protocol; for finn_table2 and finn_table2_code also their α grids); flags that
 contradict it are an error, while --iterations, --seeds, --seed,
 --test_tasks, --dense_points, the sweep grids of sweep presets and batching
 may be changed (recorded as modified_from_preset).

@@ -12,9 +12,12 @@ simulation about one seed in six (seed 0 draws a D 2.4 s.e. low, see BUILD_NOTES
 """
 
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from negmeta.linear import experiment
+
+pytestmark = pytest.mark.slow     # paper scale: deselect with -m "not slow"
 
 # Reference §6.1 (Fig. 2) and §6.2 (Fig. 3), "exact MC" columns.
 REFERENCE = {

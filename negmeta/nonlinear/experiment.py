@@ -7,7 +7,7 @@ A notebook does what `experiments/nonlinear_sweep.py` does with
   print(experiment.summary_table(result))
   experiment.save(result, "/tmp/fig5")       # results.json, runs.npz, PNG
 
-Protocol (choices where the paper is silent are ours; see docs/nonlinear.md):
+Protocol (choices where the paper is silent are ours; see BUILD_NOTES.md §7.2):
 
 * A run draws θ₀ (antisymmetric, so f(·; θ₀) ≡ 0), a fixed set of m
   meta-training tasks and `test_tasks` test tasks, all from

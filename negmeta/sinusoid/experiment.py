@@ -119,7 +119,7 @@ grid = cli.linear_grid   # `num` evenly spaced values from `lo` to `hi`.
 _FINN = dict(meta_batch=25, k_support=10, k_query=10, inner_steps=1,
              meta_lr=1e-3, first_order=False)
 # The signed α_t grid of the sweeps, scaled to the curvature of the inner
-# problem (docs/sinusoid.md): the 10-point support-loss Hessian of the model
+# problem (BUILD_NOTES.md §6): the 10-point support-loss Hessian of the model
 # pretrained with α_t = 0 has λ_max ≈ 54 (median over tasks), so 2/λ_max ≈
 # 0.037; the grid spans about ±2.7/λ_max, finer near 0. (MAML with α_t > 0
 # reshapes the curvature to α_t·λ_max ≈ 1.7-1.9.)
