@@ -3,6 +3,7 @@
 import os
 import tempfile
 
+import jax
 import jax.numpy as jnp
 from absl import flags
 from absl.testing import absltest
@@ -39,6 +40,19 @@ class GridFlagsTest(absltest.TestCase):
     self.assertEqual(_grid("--grid_min=1", "--grid_max=1", "--grid_num=1"), (1.0,))
     self.assertEqual(_grid("--grid=0.5,-1"), (0.5, -1.0))
 
+  def test_unspecified_bounds_and_count_come_from_the_default_grid(self):
+    self.assertEqual(_grid("--grid_min=0"), (0.0, 1.0, 2.0))      # 3 values, up to 2
+    self.assertEqual(_grid("--grid_max=0"), (-2.0, -1.0, 0.0))
+    # Its smallest and largest values, in whatever order it lists them.
+    self.assertEqual(_grid("--grid_num=5", base=(2.0, -2.0, 0.0)),
+                     (-2.0, -1.0, 0.0, 1.0, 2.0))
+
+  def test_grid_values_are_rounded_to_twelve_digits(self):
+    # linspace alone gives 0.30000000000000004 here: the record would show it.
+    values = cli.linear_grid(-0.1, 0.5, 31)
+    self.assertEqual(values[20], 0.3)
+    self.assertEqual(values, tuple(round(v, 12) for v in values))
+
   def test_bounds_are_checked_before_the_grid_is_made(self):
     # Before: linspace(0, 1e300) overflowed and the error blamed --grid with inf.
     self.assertError(["--grid_min=0", "--grid_max=1e300"], "grid_max",
@@ -58,6 +72,48 @@ class GridFlagsTest(absltest.TestCase):
     # Before: --grid_num=1 silently dropped the maximum.
     self.assertError(["--grid_num=1"], "grid_num",
                      "must be >= 2 when --grid_min != --grid_max (got 1)")
+
+
+class ChecksTest(absltest.TestCase):
+
+  def assertError(self, fn, name, detail):
+    with self.assertRaises(_checks.ConfigError) as ctx:
+      fn()
+    self.assertEqual(ctx.exception.name, name)
+    self.assertIn(detail, ctx.exception.detail)
+
+  def test_bounds_are_inclusive_unless_open(self):
+    self.assertEqual(_checks.integer("n", 3, minimum=3, maximum=3), 3)
+    self.assertEqual(_checks.real("x", 0.0, lo=0.0, hi=0.0), 0.0)
+    self.assertError(lambda: _checks.real("x", 0.0, lo=0.0, lo_open=True), "x",
+                     "must be a finite real number > 0 (got 0)")
+    self.assertEqual(_checks.real_grid("g", [1.0, -1.0], max_points=2, max_abs=1.0),
+                     (1.0, -1.0))
+    self.assertError(lambda: _checks.real_grid("g", [0.0] * 3, max_points=2), "g",
+                     "must have at most 2 points (got 3)")
+    self.assertError(lambda: _checks.real_grid("g", [0.5, -1.5], max_abs=1.0), "g",
+                     "|x| <= 1 (got -1.5)")
+
+  def test_integers(self):
+    self.assertEqual(_checks.integer("runs", 4.0), 4)
+    self.assertIsInstance(_checks.integer("runs", 4.0), int)
+    self.assertError(lambda: _checks.integer("runs", True), "runs",
+                     "must be an integer >= 1 (got True)")
+    self.assertError(lambda: _checks.integer("runs", 2.5), "runs", "(got 2.5)")
+
+  def test_infinity_is_refused_without_an_upper_bound(self):
+    for value in (float("inf"), float("-inf"), float("nan")):
+      self.assertError(lambda: _checks.real("sigma", value, lo=0.0), "sigma",
+                       "must be a finite real number >= 0")
+      self.assertError(lambda: _checks.real("b", value), "b", "must be a finite real number")
+
+  def test_preset_sequences_compare_by_value(self):
+    presets = {"a": {"grid": (0.5, 1.0), "runs": 3}}
+    fields = _checks.preset_fields("a", presets, {"grid": [0.5, 1], "runs": 5}, ("grid",))
+    self.assertEqual(fields, {"grid": [0.5, 1], "runs": 5})
+    self.assertError(lambda: _checks.preset_fields("a", presets, {"grid": [0.5, 2.0]},
+                                                   ("grid",)),
+                     "grid", "contradicts --preset=a, which sets grid=(0.5, 1.0)")
 
 
 class RunErrorsTest(absltest.TestCase):
@@ -89,6 +145,40 @@ class RunErrorsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "a bug"):
       with cli.run_errors("bin", ("p",)):
         raise ValueError("a bug")
+
+  def test_other_xla_errors_are_not_called_out_of_memory(self):
+    with self.assertRaisesRegex(jax.errors.JaxRuntimeError, "INTERNAL: a bug"):
+      with cli.run_errors("bin", ("p",)):
+        raise jax.errors.JaxRuntimeError("INTERNAL: a bug")
+
+
+class FlagErrorTest(absltest.TestCase):
+
+  def _error(self, define, arg):
+    fv = flags.FlagValues()
+    define(fv)
+    with self.assertRaises(flags.Error) as ctx:
+      fv(["prog", arg])
+    return cli._flag_error(fv, ctx.exception)
+
+  def test_a_value_missing_from_the_detail_is_quoted(self):
+    message = self._error(
+        lambda fv: flags.DEFINE_enum("sweep", None, ["alpha_t", "alpha_r"], "Which rate.",
+                                     flag_values=fv),
+        "--sweep=beta")
+    self.assertTrue(message.startswith("--sweep: "), msg=message)
+    self.assertIn("alpha_t", message)
+    self.assertIn("(got 'beta'); --sweep: Which rate.", message)
+
+
+class MeshFromFlagTest(absltest.TestCase):
+
+  def test_a_mesh_over_all_devices_only_when_asked(self):
+    self.assertIsNone(cli.mesh_from_flag(False))
+    mesh = cli.mesh_from_flag(True, axis_name="runs")
+    self.assertEqual(mesh.axis_names, ("runs",))
+    self.assertEqual(list(mesh.devices.flat), jax.devices())
+    self.assertEqual(cli.mesh_from_flag(True).axis_names, ("members",))
 
 
 class ResumeDirTest(absltest.TestCase):

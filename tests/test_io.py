@@ -1,9 +1,14 @@
 """What a resumable run's chunks are matched on: config, negmeta's code, JAX."""
 
 import dataclasses
+import errno
+import importlib.metadata
+import json
 import os
 import shutil
+import subprocess
 import tempfile
+from unittest import mock
 
 import jax
 import numpy as np
@@ -80,6 +85,10 @@ class ConfigIdentityTest(absltest.TestCase):
       reseeded = io.config_identity(_Config(seed=1))
       self.assertIsNone(io.ChunkStore(d, io.fingerprint(reseeded)).load(0))
 
+  def test_fingerprint_does_not_depend_on_key_order(self):
+    self.assertEqual(io.fingerprint({"p": 3, "seed": 0}), io.fingerprint({"seed": 0, "p": 3}))
+    self.assertNotEqual(io.fingerprint({"p": 3, "seed": 0}), io.fingerprint({"p": 3, "seed": 1}))
+
 
 class WriteResultsTest(absltest.TestCase):
 
@@ -105,6 +114,117 @@ class WriteResultsTest(absltest.TestCase):
       with np.load(npz_path) as data:
         np.testing.assert_array_equal(data["x"], np.arange(3))
 
+  def test_nonfinite_values_nested_in_the_record_are_null(self):
+    # Per-grid entries are dicts in a list: their NaN/Inf must not reach the
+    # file as NaN/Infinity, which is not JSON.
+    record = {"grid": [{"mean": float("nan"), "values": [1.0, float("inf")]}],
+              "pair": (float("-inf"), 2.0), "array": np.array([np.nan, 3.0])}
+    with tempfile.TemporaryDirectory() as d:
+      json_path, npz_path = os.path.join(d, "r.json"), os.path.join(d, "r.npz")
+      io.write_results(json_path, record, npz_path, {}, {})
+      with open(json_path) as f:
+        text = f.read()
+    def no_constants(name):
+      raise AssertionError(f"{name} written to JSON")
+    self.assertEqual(json.loads(text, parse_constant=no_constants),
+                     {"grid": [{"mean": None, "values": [1.0, None]}],
+                      "pair": [None, 2.0], "array": [None, 3.0]})
+
+  def test_a_failed_write_leaves_every_file_as_it_was(self):
+    # The record's directory is missing: its write fails after the npz was
+    # rendered. The old npz stays, and no temporary file is left behind.
+    with tempfile.TemporaryDirectory() as d:
+      npz_path = os.path.join(d, "r.npz")
+      io.write_npz(npz_path, x=np.zeros(2))
+      with self.assertRaises(OSError):
+        io.write_results(os.path.join(d, "missing", "r.json"), {"a": 1}, npz_path,
+                         {"x": np.ones(5)}, {})
+      self.assertEqual(os.listdir(d), ["r.npz"])
+      with np.load(npz_path) as data:
+        np.testing.assert_array_equal(data["x"], np.zeros(2))
+
+  def test_files_get_the_umask_permissions_not_mkstemps_0600(self):
+    old = os.umask(0o027)
+    try:
+      with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.npz")
+        io.write_npz(path, x=np.arange(2))
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+    finally:
+      os.umask(old)
+
+  def test_figures_are_closed_whether_or_not_the_record_builds(self):
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- matplotlib only here
+    with tempfile.TemporaryDirectory() as d:
+      paths = [os.path.join(d, name) for name in ("r.json", "r.npz", "f.png")]
+      fig = plt.figure()
+      io.write_results(paths[0], {"a": 1}, paths[1], {}, {paths[2]: fig})
+      self.assertNotIn(fig.number, plt.get_fignums())
+      fig = plt.figure()
+      with self.assertRaises(TypeError):          # not JSON serializable
+        io.write_results(paths[0], {"a": object()}, paths[1], {}, {paths[2]: fig})
+      self.assertNotIn(fig.number, plt.get_fignums())
+
+  def test_the_record_is_moved_into_place_last(self):
+    # A results.json on disk means the arrays beside it are complete.
+    moved, replace = [], os.replace
+    def recording(src, dst):
+      moved.append(os.path.basename(dst))
+      replace(src, dst)
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(io.os, "replace",
+                                                               recording):
+      io.write_results(os.path.join(d, "r.json"), {"a": 1}, os.path.join(d, "r.npz"),
+                       {"x": np.arange(3)}, {})
+    self.assertEqual(moved, ["r.npz", "r.json"])
+
+
+class PrepareWorkdirTest(absltest.TestCase):
+
+  def test_errors_name_the_flag_given(self):
+    with self.assertRaises(_checks.ConfigError) as ctx:
+      io.prepare_workdir("", flag="out")
+    self.assertEqual(ctx.exception.name, "out")
+    with tempfile.TemporaryDirectory() as d:
+      blocker = os.path.join(d, "file")
+      open(blocker, "w").close()
+      with self.assertRaises(_checks.ConfigError) as ctx:
+        io.prepare_workdir(os.path.join(blocker, "sub"), flag="out")
+      self.assertEqual(ctx.exception.name, "out")
+      self.assertIn("must be a writable directory", ctx.exception.detail)
+
+  def test_an_existing_directory_that_cannot_be_written_is_refused(self):
+    # Simulated (the suite may run as root, who can write any directory).
+    denied = OSError(errno.EACCES, "Permission denied")
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(
+        io.tempfile, "mkstemp", side_effect=denied):
+      with self.assertRaises(_checks.ConfigError) as ctx:
+        io.prepare_workdir(d)
+    self.assertEqual(ctx.exception.name, "workdir")
+    self.assertIn("Permission denied", ctx.exception.detail)
+
+  def test_home_is_expanded(self):
+    with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, HOME=d):
+      self.assertEqual(io.prepare_workdir("~/out"), os.path.join(os.path.abspath(d), "out"))
+      self.assertTrue(os.path.isdir(os.path.join(d, "out")))
+
+
+class RuntimeRecordTest(absltest.TestCase):
+
+  def test_versions_flags_and_revision_are_the_real_ones(self):
+    versions = io.package_versions()
+    for name in ("jax", "jaxlib", "numpy"):
+      self.assertEqual(versions[name], importlib.metadata.version(name), msg=name)
+    with jax.enable_x64(False):
+      self.assertFalse(io.runtime_record()["jax_enable_x64"])
+    rec = io.runtime_record()
+    self.assertTrue(rec["jax_enable_x64"])      # conftest enables it
+    self.assertEqual(rec["devices"], [str(d) for d in jax.devices()])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(io.__file__))
+    if head.returncode:
+      self.skipTest("negmeta is not in a git checkout")
+    self.assertEqual(rec["git_sha"], head.stdout.strip())
+
 
 class ChunkStoreTest(absltest.TestCase):
 
@@ -120,6 +240,13 @@ class ChunkStoreTest(absltest.TestCase):
       self.assertIsNone(store.load(0))
       store.save(0, {"loss": np.ones(2)})        # overwrites the bad file
       np.testing.assert_array_equal(store.load(0)["loss"], np.ones(2))
+
+  def test_saving_recreates_a_removed_directory(self):
+    with tempfile.TemporaryDirectory() as d:
+      store = io.ChunkStore(os.path.join(d, "chunks"), "sweep")
+      shutil.rmtree(store.directory)
+      store.save(1, {"loss": np.ones(2)})
+      np.testing.assert_array_equal(store.load(1)["loss"], np.ones(2))
 
   def test_fields_and_leading_dimensions_are_checked(self):
     with tempfile.TemporaryDirectory() as d:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from absl.testing import absltest, parameterized
 
 from negmeta import _checks
 from negmeta.linear import _sweep, experiment
+from negmeta.theory import linear as theory
 
 BINARY = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "linear_sweep.py")
 TINY = ["--runs=6", "--test_tasks=3", "--test_points=4", "--grid_num=5"]
@@ -98,6 +100,120 @@ class ResumeTest(absltest.TestCase):
         self.assertEqual(other.resumed_chunks, 0, msg=change)
 
 
+class ResultTest(absltest.TestCase):
+  """What `run` computes and `record` writes, on an α_t and an α_r sweep whose
+  fixed rates differ (every preset has α_t = α_r, which hides a swap)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    base = dict(p=12, n_t=4, n_v=2, n_r=3, m=2, alpha_t=0.3, alpha_r=0.1, runs=6,
+                test_tasks=2, test_points=3, seed=3)
+    cls.t = experiment.run(experiment.LinearSweepConfig(
+        sweep="alpha_t", grid=(-1.0, -0.5, 0.0, 0.5), **base))
+    cls.r = experiment.run(experiment.LinearSweepConfig(
+        sweep="alpha_r", grid=(-0.1, 0.0, 0.2, 0.4), **base))
+
+  def test_the_fixed_rate_and_the_theory_are_the_configs(self):
+    problem = experiment.make_problem(self.t.config)
+    np.testing.assert_array_equal(self.t.alpha_t, self.t.config.grid)
+    np.testing.assert_array_equal(self.t.alpha_r, [0.1] * 4)
+    np.testing.assert_allclose(self.t.theory, theory.average_test_loss(
+        problem, np.asarray(self.t.config.grid), 0.1), rtol=1e-12)
+    x, y = self.t.theory_curve
+    np.testing.assert_allclose(y, theory.average_test_loss(problem, x, 0.1), rtol=1e-12)
+    np.testing.assert_array_equal(self.r.alpha_t, [0.3] * 4)
+    np.testing.assert_array_equal(self.r.alpha_r, self.r.config.grid)
+    np.testing.assert_allclose(self.r.theory, theory.average_test_loss(
+        problem, 0.3, np.asarray(self.r.config.grid)), rtol=1e-12)
+
+  def test_theory_optima(self):
+    problem = experiment.make_problem(self.t.config)
+    loss_t = lambda a: float(theory.average_test_loss(problem, a, 0.1))  # noqa: E731
+    o = self.t.optimum
+    self.assertBetween(o["theory_argmin"], -1.0, 0.5)
+    self.assertAlmostEqual(loss_t(o["theory_argmin"]), o["theory_min"], places=12)
+    self.assertLessEqual(o["theory_min"], min(self.t.theory) + 1e-12)
+    # α_t^- is the global minimum, α_t^+ the global maximum (overparameterized).
+    self.assertLessEqual(loss_t(o["theory_alpha_t_minus"]), o["theory_min"] + 1e-12)
+    self.assertLess(loss_t(o["theory_alpha_t_minus"]), loss_t(o["theory_alpha_t_plus"]))
+    o = self.r.optimum
+    loss_r = lambda a: float(theory.average_test_loss(problem, 0.3, a))  # noqa: E731
+    self.assertAlmostEqual(loss_r(o["theory_argmin"]), o["theory_min"], places=12)
+    star = lambda d: float(theory.alpha_r_optimal(  # noqa: E731
+        d, sigma=problem.sigma, nu=problem.nu, p=problem.p, n_r=problem.n_r))
+    self.assertAlmostEqual(o["theory_alpha_r_star"], star(theory.distance(problem, 0.3)),
+                           places=12)
+    # The simulated α_r* uses the conditional D (same mean as D, less noise).
+    conditional, plain = (np.mean(getattr(self.r.runs, k)[:, 0])
+                          for k in ("conditional_distance", "distance"))
+    self.assertNotAlmostEqual(conditional, plain, places=6)   # the test can tell them apart
+    self.assertAlmostEqual(o["simulated_alpha_r_star"], star(conditional), places=12)
+
+  def test_simulated_optima_are_the_smallest_means(self):
+    for result in (self.t, self.r):
+      est, zero = result.estimates(), list(result.swept).index(0.0)
+      for name in ("exact_loss", "protocol_loss", "conditional_loss"):
+        e, runs = est[name], getattr(result.runs, name)
+        self.assertEqual(e.n.tolist(), [6] * 4, msg=name)
+        i = int(np.argmin(e.mean))
+        entry = result.optimum[f"simulated_{name}"]
+        self.assertEqual(entry["argmin"], result.swept[i], msg=name)
+        self.assertEqual(entry["min"], e.mean[i], msg=name)
+        self.assertEqual(entry["min_se"], e.se[i], msg=name)
+        diff = runs[:, i] - runs[:, zero]
+        self.assertAlmostEqual(entry["min_minus_at_zero"], diff.mean(), places=12)
+        self.assertAlmostEqual(entry["min_minus_at_zero_se"],
+                               diff.std(ddof=1) / math.sqrt(6), places=12)
+        self.assertLessEqual(entry["min_minus_at_zero"], 1e-12, msg=name)
+
+  def test_run_passes_the_config_to_the_sweep(self):
+    c = self.t.config
+    values = _sweep.run_sweep(
+        experiment.make_problem(c), *experiment.grid_pairs(c), runs=6, seed=3,
+        test_tasks=2, test_points=3, conditional=True)
+    for name in _sweep.RunValues._fields:
+      np.testing.assert_array_equal(getattr(self.t.runs, name), getattr(values, name),
+                                    err_msg=name)
+
+  def test_conditional_estimator_where_it_is_cheap(self):
+    over, under = dict(p=12, n_v=2, m=2), dict(p=3, n_v=2, m=2)
+    uses = lambda sweep, sizes: experiment.uses_conditional(  # noqa: E731
+        experiment.LinearSweepConfig(sweep=sweep, **sizes))
+    self.assertTrue(uses("alpha_t", over))
+    self.assertTrue(uses("alpha_r", over))
+    self.assertTrue(uses("alpha_r", under))
+    self.assertFalse(uses("alpha_t", under))
+
+  def test_record_names_the_seeds_and_matches_the_estimates(self):
+    rec = experiment.record(self.t)
+    self.assertEqual(rec["config"], dataclasses.asdict(self.t.config))
+    self.assertEqual(rec["seeds"]["base_seed"], 3)
+    self.assertEqual(rec["seeds"]["runs"], 6)
+    self.assertEqual(rec["ill_conditioned_threshold_rcond"],
+                     math.sqrt(np.finfo(np.float64).eps))
+    est = self.t.estimates()
+    for g, entry in enumerate(rec["grid"]):
+      self.assertEqual(entry["exact_loss"], {"mean": est["exact_loss"].mean[g],
+                                             "se": est["exact_loss"].se[g], "runs": 6})
+      self.assertEqual(entry["gap_exact_minus_theory"],
+                       est["exact_loss"].mean[g] - self.t.theory[g])
+
+  def test_record_flags_infinite_and_ill_conditioned_runs(self):
+    runs = {k: np.array(v) for k, v in self.t.runs._asdict().items()}
+    self.assertTrue(np.all(runs["rcond"] > 1e-6))    # none flagged before planting
+    runs["exact_loss"][0, 1] = np.inf                # diverged to +inf, not NaN
+    runs["rcond"][0, 2] = np.nan                     # no rcond at all
+    runs["rcond"][1, 2] = 1e-10                      # above eps, below √eps
+    runs["inner_gap"][0, 3] = -np.inf
+    planted = dataclasses.replace(self.t, runs=_sweep.RunValues(**runs))
+    grid = experiment.record(planted)["grid"]
+    self.assertEqual([g["nonfinite_runs"] for g in grid], [0, 1, 0, 0])
+    self.assertEqual([g["ill_conditioned_runs"] for g in grid], [0, 0, 2, 0])
+    self.assertEqual(grid[3]["min_inner_gap"], float(np.min(runs["inner_gap"][1:, 3])))
+    self.assertIn(" 1 nan", experiment.summary_table(planted).splitlines()[3])
+
+
 class BadInputTest(parameterized.TestCase):
   """One-line error naming the flag and allowed values; exit ≠ 0; nothing written."""
 
@@ -153,6 +269,18 @@ class BadInputTest(parameterized.TestCase):
       self.assertTrue(last.startswith("linear_sweep: error: --"), msg=last)
       self.assertNotIn("Traceback", proc.stderr)
       self.assertFalse(os.path.exists(workdir))
+
+  @parameterized.named_parameters(
+      ("negative_task_variability", dict(nu=-0.5), "nu",
+       "must be a finite real number >= 0 and <= 1e+06 (got -0.5)"),
+      ("seed_beyond_31_bits", dict(seed=2**31), "seed",
+       "must be an integer in [0, 2147483647] (got 2147483648)"))
+  def test_validate_refuses(self, fields, name, detail):
+    # Checked with the config, not later by the problem or the PRNG.
+    with self.assertRaises(_checks.ConfigError) as ctx:
+      experiment.validate(experiment.LinearSweepConfig(**fields))
+    self.assertEqual(ctx.exception.name, name)
+    self.assertEqual(ctx.exception.detail, detail)
 
   def test_unwritable_workdir(self):
     with tempfile.TemporaryDirectory() as d:
@@ -220,7 +348,10 @@ class BadInputTest(parameterized.TestCase):
                                  nan_runs)
     self.assertNotIn("simulated_exact_loss", optimum)
     diverged = dataclasses.replace(result, runs=nan_runs, optimum=optimum)
-    self.assertIn("simulated argmin: none", experiment.summary_table(diverged))
+    table = experiment.summary_table(diverged)
+    self.assertIn("simulated argmin: none", table)
+    self.assertEqual([line.endswith(" 2 nan") for line in table.splitlines()[2:4]],
+                     [True, True])
     with tempfile.TemporaryDirectory() as d:
       paths = experiment.save(diverged, d)
       self.assertEqual(sorted(os.listdir(d)), sorted(os.path.basename(p) for p in
@@ -230,6 +361,14 @@ class BadInputTest(parameterized.TestCase):
       self.assertEqual([g["nonfinite_runs"] for g in rec["grid"]], [2, 2])
       self.assertEqual([(g["min_rcond"], g["min_inner_gap"]) for g in rec["grid"]],
                        [(None, None)] * 2)
+      # Every plain estimator is listed with 0 runs; no conditional one is.
+      for name in ("distance", "exact_loss", "protocol_loss"):
+        self.assertEqual(rec["grid"][0][name], {"mean": None, "se": None, "runs": 0})
+      self.assertNotIn("conditional_loss", rec["grid"][0])
+      with np.load(paths["npz"]) as data:
+        self.assertEqual(set(data.files), {"alpha_t", "alpha_r", "theory", "theory_curve_x",
+                                           "theory_curve_y", *_sweep.RunValues._fields})
+        np.testing.assert_array_equal(data["theory"], result.theory)
     # None, not NaN (which the JSON file would also show as null).
     entry = experiment.record(diverged)["grid"][0]
     self.assertIsNone(entry["min_rcond"])

@@ -5,6 +5,7 @@ import sys
 import textwrap
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
@@ -34,6 +35,17 @@ class HelpersTest(absltest.TestCase):
     self.assertIs(out, tree)
     self.assertEqual(size, 3)
 
+  def test_batched_map_loops_over_padded_batches_each_split_over_the_mesh(self):
+    xs, mesh = jnp.arange(5.0), sharding.device_mesh()
+    mapped = lambda v: sharding.batched_map(lambda x: 2 * x, v, 2, mesh)  # noqa: E731
+    np.testing.assert_array_equal(mapped(xs), 2 * xs)            # the padding dropped
+    # One batch of 2 at a time (3 batches: memory stays bounded), and each
+    # batch constrained to the mesh (so it is split over its devices).
+    (loop,) = [e for e in jax.make_jaxpr(mapped)(xs).eqns if e.primitive.name == "scan"]
+    self.assertEqual(loop.params["length"], 3)
+    self.assertIn("sharding_constraint",
+                  [e.primitive.name for e in loop.params["jaxpr"].jaxpr.eqns])
+
 
 _SCRIPT = textwrap.dedent("""
     import os
@@ -47,6 +59,8 @@ _SCRIPT = textwrap.dedent("""
     from negmeta.sinusoid import experiment
     # A caller's default (Explicit-axes) mesh is accepted and rebuilt with Auto axes.
     mesh = jax.make_mesh((4,), ("m",))
+    # A mesh over some of the devices is over those devices.
+    assert list(sharding.device_mesh(jax.devices()[2:]).devices.flat) == jax.devices()[2:]
 
     def same(a, b, what):
       for name in a._fields:
