@@ -71,8 +71,8 @@ def grid_from_flags(flag_values, base: Sequence[float], *, prefix: str = "grid",
   hi = bounded(hi_n, f[hi_n].value if f[hi_n].value is not None else max(base))
   num = _checks.integer(num_n, f[num_n].value if f[num_n].value is not None
                         else len(base), maximum=max_points)
-  if hi < lo:
-    if f[hi_n].present or not f[lo_n].present:
+  if hi < lo:   # so a bound was given: the defaults, min and max of `base`, are ordered
+    if f[hi_n].present:
       raise _checks.ConfigError(hi_n, f"must be >= --{lo_n}={lo:g}"
                                 f"{'' if f[lo_n].present else ' (its default)'} (got {hi:g})")
     raise _checks.ConfigError(lo_n, f"must be <= --{hi_n}={hi:g} (its default; "

@@ -33,11 +33,7 @@ def _umask() -> int:
 
 
 def _json_default(obj):
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  if isinstance(obj, (np.floating, np.integer, np.bool_)):
-    return obj.item()
-  if hasattr(obj, "__array__"):
+  if hasattr(obj, "__array__"):   # NumPy and JAX arrays and scalars
     return np.asarray(obj).tolist()
   raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 

@@ -172,6 +172,15 @@ class FlagErrorTest(absltest.TestCase):
     self.assertTrue(message.endswith("Which rate."), msg=message)
 
 
+  def test_integer_and_boolean_flags_say_what_they_take(self):
+    self.assertEqual(self._error(
+        lambda fv: flags.DEFINE_integer("runs", 3, "Runs (>= 1).", flag_values=fv),
+        "--runs=2.5"), "--runs: must be an integer (got '2.5'); --runs: Runs (>= 1).")
+    self.assertEqual(self._error(
+        lambda fv: flags.DEFINE_boolean("shard", False, "Split runs.", flag_values=fv),
+        "--shard=maybe"), "--shard: must be true or false (got 'maybe'); --shard: Split runs.")
+
+
 class MeshFromFlagTest(absltest.TestCase):
 
   def test_a_mesh_over_all_devices_only_when_asked(self):

@@ -11,6 +11,7 @@ import tempfile
 from unittest import mock
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
@@ -129,6 +130,22 @@ class WriteResultsTest(absltest.TestCase):
     self.assertEqual(json.loads(text, parse_constant=no_constants),
                      {"grid": [{"mean": None, "values": [1.0, None]}],
                       "pair": [None, 2.0], "array": [None, 3.0]})
+
+  def test_numpy_and_jax_values_are_written_as_json_values(self):
+    record = {"i": np.int64(3), "f32": np.float32(0.5), "b": np.bool_(True),
+              "a": np.arange(2, dtype=np.int32), "j": jnp.asarray([1.5, 2.5]),
+              "js": jnp.asarray(4.0), "nan32": np.float32("nan")}
+    with tempfile.TemporaryDirectory() as d:
+      json_path, npz_path = os.path.join(d, "r.json"), os.path.join(d, "r.npz")
+      io.write_results(json_path, record, npz_path, {}, {})
+      with open(json_path) as f:
+        loaded = json.load(f)
+      with self.assertRaisesRegex(TypeError, "not JSON serializable: object"):
+        io.write_results(json_path, {"x": object()}, npz_path, {}, {})
+    self.assertEqual(loaded, {"i": 3, "f32": 0.5, "b": True, "a": [0, 1], "j": [1.5, 2.5],
+                              "js": 4.0, "nan32": None})
+    self.assertIs(loaded["b"], True)
+    self.assertIsInstance(loaded["i"], int)
 
   def test_a_failed_write_leaves_every_file_as_it_was(self):
     # The record's directory is missing: its write fails after the npz was

@@ -45,6 +45,13 @@ class HelpersTest(absltest.TestCase):
     self.assertEqual(loop.params["length"], 3)
     self.assertIn("sharding_constraint",
                   [e.primitive.name for e in loop.params["jaxpr"].jaxpr.eqns])
+    # A batch larger than the members is capped at them: one batch of 5, not
+    # 5 members padded to 100.
+    big = lambda v: sharding.batched_map(lambda x: 2 * x, v, 100, mesh)  # noqa: E731
+    np.testing.assert_array_equal(big(xs), 2 * xs)
+    (loop,) = [e for e in jax.make_jaxpr(big)(xs).eqns if e.primitive.name == "scan"]
+    self.assertEqual(loop.params["length"], 1)
+    self.assertEqual([v.aval.shape for v in loop.params["jaxpr"].jaxpr.invars], [(5,)])
 
 
 _SCRIPT = textwrap.dedent("""
