@@ -404,14 +404,173 @@ class LinearMapTest(parameterized.TestCase):
         maml_res.summary["agreement"]["takagi_asymptotic"]["share"], 0.95)
 
 
+# A tiny Takagi map (5 α × 8 β, 60 steps, ~1 s) holding all three classes.
+TINY_TAKAGI = dict(alpha_num=5, beta_num=8, iterations=60)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_takagi_map(**overrides):
+  return experiment.run(experiment.preset("takagi_linear", **overrides))
+
+
+def _first_diverged(classes, beta):
+  """Per row: β of the first diverged cell, the β below it, diverged cells a suffix."""
+  beta_c, below, monotone = [], [], []
+  for row in classes:
+    k = np.flatnonzero(row == D)
+    beta_c.append(beta[k[0]] if k.size else np.nan)
+    below.append(beta[k[0] - 1] if k.size and k[0] > 0 else np.nan)
+    monotone.append(bool(np.all(row[k[0]:] == D)) if k.size else True)
+  return np.array(beta_c), np.array(below), np.array(monotone)
+
+
+class ReportedNumbersTest(absltest.TestCase):
+  """The record's and the table's numbers, recomputed from the per-cell runs."""
+
+  def setUp(self):
+    super().setUp()
+    self.res = tiny_takagi_map(**TINY_TAKAGI)
+    self.alpha, self.beta = self.res.arrays["alpha"], self.res.arrays["beta"]
+    self.i0 = int(np.flatnonzero(self.alpha == 0.0)[0])
+
+  def _takagi_hessian_eigenvalues(self):
+    # H = 2 XᵀX / N for the features (x, 1) of the preset's 100 points.
+    with jax.enable_x64(True):
+      prob = problems.takagi_linear(jax.random.key(self.res.config.seed),
+                                    num_points=100, dtype=jnp.float64)
+      x = np.asarray(prob.batch.x_query[0], np.float64)
+    return np.linalg.eigvalsh(2.0 * x.T @ x / x.shape[0])
+
+  def test_counts_are_the_criterion_applied_to_the_runs(self):
+    a = self.res.arrays
+    # Takagi: diverged if non-finite or the loss grew; else converged iff < 1e-2.
+    diverged = a["nonfinite"] | ~(a["final_loss"] <= a["initial_loss"])
+    converged = ~diverged & (a["final_loss"] < 1e-2)
+    want = {"converged": int(converged.sum()),
+            "not_yet_converged": int(np.sum(~diverged & ~converged)),
+            "diverged": int(diverged.sum())}
+    self.assertEqual(self.res.summary["counts"], want)
+    self.assertTrue(all(v > 0 for v in want.values()), msg=want)   # not vacuous
+    # The exact T-step map's loss gap, over the converged cells only.
+    gap = np.abs(a["final_loss"] - a["predicted_final_loss"])
+    self.assertEqual(self.res.summary["max_abs_final_loss_gap_converged_cells"],
+                     np.max(gap[converged]))
+
+  def test_beta_c_at_alpha_zero_record(self):
+    b0 = self.res.summary["beta_c_at_alpha0"]
+    beta_c, below, _ = _first_diverged(self.res.arrays["empirical_class"], self.beta)
+    self.assertEqual(b0["alpha"], 0.0)
+    self.assertEqual(b0["empirical_beta_c"], beta_c[self.i0])
+    self.assertEqual(b0["empirical_bracket"], [below[self.i0], beta_c[self.i0]])
+    self.assertLess(below[self.i0], beta_c[self.i0])
+    step = math.log(9.0 / 5e-3) / (8 - 1)
+    self.assertAlmostEqual(b0["log_grid_step"], step, places=12)
+    lam = self._takagi_hessian_eigenvalues()
+    np.testing.assert_allclose(self.res.summary["hessian_eigenvalues"]["values"], lam,
+                               rtol=1e-10)
+    self.assertAlmostEqual(b0["two_over_lambda_max"] * lam[-1], 2.0, places=10)
+    self.assertAlmostEqual(self.res.summary["takagi_alpha_c"] * lam[-1], 1.0,
+                           places=10)
+    self.assertEqual(b0["within_one_grid_step"],
+                     abs(math.log(beta_c[self.i0] * lam[-1] / 2.0)) <= step)
+
+  def test_boundary_table_rows(self):
+    a = self.res.arrays
+    beta_c, below, monotone = _first_diverged(a["empirical_class"], self.beta)
+    rows = self.res.summary["boundary"]
+    self.assertLen(rows, self.alpha.size)
+    for i, row in enumerate(rows):
+      self.assertEqual(row["alpha"], self.alpha[i])
+      np.testing.assert_array_equal(
+          [row["empirical_beta_c"], row["empirical_beta_below"]],
+          [beta_c[i], below[i]], err_msg=str(i))
+      self.assertEqual(row["diverged_set_monotone"], monotone[i])
+      self.assertEqual(row["predicted_beta_c"], a["beta_c_predicted"][i])
+      self.assertEqual(row["takagi_beta_c"], a["beta_c_takagi"][i])
+    # Exact MAML is tighter than Takagi's formula at α < 0: the columns differ.
+    self.assertLess(rows[0]["predicted_beta_c"], 0.5 * rows[0]["takagi_beta_c"])
+
+  def test_boundary_table_flags_a_non_monotone_row(self):
+    beta = np.array([0.1, 0.2, 0.4, 0.8])
+    cls = np.array([[C, C, D, D], [C, N, N, N], [C, D, C, D]])
+    eb = maps.empirical_boundary(cls, beta)
+    rows = experiment._boundary_table(np.array([-0.1, 0.0, 0.1]), eb,
+                                      np.array([1.0, 2.0, 3.0]),
+                                      np.array([4.0, 5.0, 6.0]))
+    self.assertEqual([r["diverged_set_monotone"] for r in rows], [True, True, False])
+    self.assertEqual([r["empirical_beta_below"] for r in rows][::2], [0.2, 0.1])
+    self.assertEqual([r["takagi_beta_c"] for r in rows], [4.0, 5.0, 6.0])
+
+  def test_negative_alpha_ratios(self):
+    a = self.res.arrays
+    beta_c, _, _ = _first_diverged(a["empirical_class"], self.beta)
+    tight = self.res.summary["negative_alpha"]
+    i0 = self.i0
+    self.assertEqual((tight["alpha_min"], tight["alpha_ref"]), (-0.1, 0.0))
+    for name, values in (("empirical", beta_c), ("predicted", a["beta_c_predicted"]),
+                         ("takagi", a["beta_c_takagi"])):
+      self.assertAlmostEqual(tight[f"{name}_beta_c_ratio"], values[0] / values[i0],
+                             places=12, msg=name)
+      self.assertEqual(tight[f"{name}_beta_c_at_alpha_min"], values[0], msg=name)
+    # Three different ratios: a field taken from another curve would show.
+    ratios = [tight[f"{n}_beta_c_ratio"] for n in ("empirical", "predicted", "takagi")]
+    self.assertLen(set(np.round(ratios, 6)), 3)
+    # No negative α on the grid: nothing to report.
+    res = tiny_takagi_map(alpha_num=3, beta_num=4, iterations=20, alpha_min=0.0)
+    self.assertIsNone(res.summary["negative_alpha"])
+
+  def test_map_without_divergence(self):
+    # β too small to diverge at 20 steps: no empirical β_c anywhere.
+    res = tiny_takagi_map(alpha_num=3, beta_num=4, iterations=20, beta_max=0.01)
+    self.assertFalse(np.any(res.arrays["empirical_class"] == D))
+    self.assertEqual(res.summary["counts"]["diverged"], 0)
+    self.assertEqual(sum(res.summary["counts"].values()), 12)
+    b0 = res.summary["beta_c_at_alpha0"]
+    self.assertTrue(math.isnan(b0["empirical_beta_c"]))
+    self.assertFalse(b0["within_one_grid_step"])
+    self.assertIn("empirical — (bracket —–—)", experiment.summary_table(res))
+
+  def test_record_and_table(self):
+    res = self.res
+    rec = experiment.record(res)
+    np.testing.assert_allclose(rec["grid"]["alpha_values"], np.linspace(-0.1, 0.1, 5))
+    np.testing.assert_allclose(rec["grid"]["beta_values"], np.geomspace(5e-3, 9.0, 8))
+    horizon = maps.agreement(res.arrays["empirical_class"],
+                             res.arrays["predicted_class"])
+    self.assertEqual(rec["agreement_share"], horizon.share)
+    # The asymptotic prediction differs here: the headline is the horizon's.
+    self.assertNotEqual(res.summary["agreement"]["exact_asymptotic"]["share"],
+                        horizon.share)
+    beta_c, below, _ = _first_diverged(res.arrays["empirical_class"], self.beta)
+    lines = experiment.summary_table(res).splitlines()
+    self.assertIn(f"β_c at α = 0: empirical {beta_c[self.i0]:.4g} (bracket "
+                  f"{below[self.i0]:.4g}–{beta_c[self.i0]:.4g})", "\n".join(lines))
+    self.assertIn(f"{100 * horizon.share:.2f}% of {horizon.counted} cells",
+                  "\n".join(lines))
+    table = [line.split() for line in lines[lines.index(
+        next(x for x in lines if x.lstrip().startswith("α "))) + 1:]]
+    self.assertLen(table, 5)
+    for i, cols in enumerate(table):
+      self.assertEqual(float(cols[0]), round(self.alpha[i], 4))
+      np.testing.assert_allclose(
+          [float(c) for c in cols[1:]],
+          [beta_c[i], res.arrays["beta_c_predicted"][i], res.arrays["beta_c_takagi"][i]],
+          rtol=5e-4, err_msg=str(i))
+
+
+@functools.lru_cache(maxsize=None)
+def small_sinusoid_map():
+  # α <= 0 only: for α > 0 the one-task formula overstates stability near
+  # α = 1/λ_max (docs/convergence_maps.md).
+  return experiment.run(experiment.preset("sinusoid", alpha_num=3, beta_num=8,
+                                          iterations=40, alpha_min=-0.2,
+                                          alpha_max=0.0, beta_min=0.03))
+
+
 class SinusoidMapTest(absltest.TestCase):
 
   def test_small_sinusoid_map(self):
-    # α <= 0 only: for α > 0 the one-task formula overstates stability near
-    # α = 1/λ_max (docs/convergence_maps.md).
-    res = experiment.run(experiment.preset("sinusoid", alpha_num=3, beta_num=8,
-                                           iterations=40, alpha_min=-0.2,
-                                           alpha_max=0.0, beta_min=0.03))
+    res = small_sinusoid_map()
     s = res.summary
     eig = s["hessian_eigenvalues"]
     self.assertGreater(eig["lambda_max"], 0)
@@ -447,6 +606,57 @@ class SinusoidMapTest(absltest.TestCase):
     div = s["diverged_on_predicted_side"]
     self.assertGreater(div["diverged_cells"], 0)
     self.assertEqual(div["on_predicted_convergent_side"], 0, msg=div)
+
+  def test_small_sinusoid_map_record(self):
+    """Trained point, side counts and α = 0 numbers, recomputed from the arrays."""
+    res = small_sinusoid_map()
+    s, a = res.summary, res.arrays
+    alpha, beta = a["alpha"], a["beta"]
+    i0 = int(np.flatnonzero(alpha == 0.0)[0])
+    emp = a["empirical_class"]
+    # Counts: relative criterion, converged iff the loss fell below half its start.
+    grew = a["nonfinite"] | ~(a["final_loss"] <= a["initial_loss"])
+    conv = ~grew & (a["final_loss"] < 0.5 * a["initial_loss"])
+    self.assertEqual(s["counts"], {"converged": int(conv.sum()),
+                                   "not_yet_converged": int(np.sum(~grew & ~conv)),
+                                   "diverged": int(grew.sum())})
+    # Trained point: the α = 0 cell that did not diverge with the lowest final loss.
+    ok = emp[i0] != D
+    self.assertTrue(ok.any() and not ok.all())     # a diverged cell to skip
+    ib = int(np.flatnonzero(ok)[np.argmin(a["final_loss"][i0][ok])])
+    tp = s["trained_point"]
+    self.assertEqual((tp["alpha"], tp["beta"]), (0.0, beta[ib]))
+    self.assertEqual(tp["final_loss"], a["final_loss"][i0, ib])
+    self.assertEqual(tp["initial_loss"], a["initial_loss"][i0, ib])
+    self.assertLess(tp["final_loss"], tp["initial_loss"])
+    eig = s["hessian_eigenvalues"]
+    self.assertAlmostEqual(s["takagi_alpha_c"] * eig["lambda_max"], 1.0, places=12)
+    self.assertLess(eig["lambda_min"], 0.0)         # a saddle: min ≠ max in sign
+    # The α = 0 record at θ_0 uses θ_0's spectrum, not the trained point's.
+    init = s["beta_c_at_alpha0_initial_point"]
+    self.assertAlmostEqual(init["two_over_lambda_max"]
+                           * eig["at_initial_point"]["lambda_max"], 2.0, places=12)
+    self.assertNotAlmostEqual(eig["at_initial_point"]["lambda_max"],
+                              eig["lambda_max"], places=3)
+    # Diverged cells on either side of each prediction.
+    diverged = emp == D
+    for name, key in (("predicted", "predicted_class"),
+                      ("hessian_formula", "predicted_class_formula"),
+                      ("takagi", "predicted_class_takagi")):
+      below = diverged & (a[key] == C)
+      got = s["diverged_on_side_of"][name]
+      self.assertEqual(got["diverged_cells"], int(diverged.sum()), msg=name)
+      self.assertEqual(got["on_predicted_divergent_side"],
+                       int(diverged.sum() - below.sum()), msg=name)
+      self.assertEqual(got["on_predicted_convergent_side"], int(below.sum()), msg=name)
+      self.assertEqual(got["share"], 1.0 - below.sum() / diverged.sum(), msg=name)
+    self.assertEqual(s["diverged_on_predicted_side"], s["diverged_on_side_of"]["predicted"])
+    d = s["diverged_on_predicted_side"]
+    self.assertLess(d["diverged_cells"], emp.size)  # not every cell: counts differ
+    self.assertIn(f"diverged cells on the predicted side: "
+                  f"{d['diverged_cells'] - d['on_predicted_convergent_side']}/"
+                  f"{int(diverged.sum())}; trained point α = 0, β = {beta[ib]:.3g}",
+                  experiment.summary_table(res))
 
   def test_all_diverged_map_takes_the_hessian_at_the_initial_point(self):
     # Before: the "trained point" was a diverged cell (λ_max ≈ 1e123).
@@ -581,6 +791,36 @@ class BinaryTest(parameterized.TestCase):
   def test_library_rejects_contradicting_the_preset(self):
     with self.assertRaisesRegex(_checks.ConfigError, "^criterion: is fixed by"):
       experiment.preset("takagi_linear", criterion=maps.Criterion("loss", 0.5))
+
+  def test_library_validation_names_the_field(self):
+    cases = [
+        (dict(alpha_min=0.1, alpha_max=0.1), "alpha_max", "must be > --alpha_min"),
+        (dict(criterion=maps.Criterion("loss", 0.0)), "criterion.threshold", "> 0"),
+        (dict(problem=dict(slope=2.0, intercept=3.0)), "problem", "needs exactly"),
+        (dict(preset="sinusoid", problem=dict(num_tasks=3, n_support=10, n_query=10,
+                                              lanczos_iters=1, top_k=8)),
+         "lanczos_iters", "must be an integer >= 2"),
+    ]
+    for fields, name, detail in cases:
+      with self.subTest(name=name):
+        with self.assertRaises(_checks.ConfigError) as cm:
+          experiment.validate(experiment.ConvergenceMapConfig(**fields))
+        self.assertEqual(cm.exception.name, name)
+        self.assertIn(detail, cm.exception.detail)
+    # Restating a value the preset fixes is not a contradiction.
+    self.assertEqual(experiment.preset("takagi_linear", dtype="float64").dtype,
+                     "float64")
+
+  def test_alpha_grid_holds_an_exact_zero(self):
+    # linspace(−0.3, 0.1, 5)[3] is 5.6e-17 in floating point: α = 0 is made exact,
+    # the other values are linspace's.
+    config = experiment.preset("takagi_linear", alpha_min=-0.3, alpha_max=0.1,
+                               alpha_num=5, beta_num=3)
+    alpha, beta = experiment.grids(config)
+    self.assertEqual(alpha[3], 0.0)
+    np.testing.assert_array_equal(np.delete(alpha, 3),
+                                  np.delete(np.linspace(-0.3, 0.1, 5), 3))
+    np.testing.assert_allclose(beta, [5e-3, np.sqrt(5e-3 * 9.0), 9.0], rtol=1e-14)
 
 
 if __name__ == "__main__":

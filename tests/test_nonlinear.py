@@ -545,6 +545,159 @@ class ResumeTest(absltest.TestCase):
     self.assertEqual(short[0].count(" of "), 3)
 
 
+def _planted_sweep(losses, *, diverged=None, alpha_r=(0.5, 1.0), grid=(-1.0, 0.0, 1.0)):
+  """A NonlinearSweepResult around planted per-run losses {curve: [R, A, G]}."""
+  r, a, g = losses["trained"].shape
+  config = experiment.validate(experiment.NonlinearSweepConfig(
+      grid=grid, alpha_r=alpha_r, seeds=r))
+  rng = np.random.default_rng(9)
+  diverged = np.zeros((r, g), bool) if diverged is None else diverged
+  curv_max = rng.uniform(2.0, 3.0, (r, g))
+  curv_min = rng.uniform(0.1, 1.0, (r, g))
+  return experiment.NonlinearSweepResult(
+      config=config, curvature={"lambda_bar": 2.0, "lambda_std": 0.1, "lambda_min": 1.9,
+                                "lambda_max": 2.1, "alpha_unit": 0.5},
+      alpha_t=np.asarray(config.grid) * 0.5, alpha_r=np.asarray(alpha_r) * 0.5,
+      losses=losses, trained_unadapted=rng.uniform(1.0, 2.0, (r, g)),
+      diverged=diverged, final_meta_loss=rng.uniform(0.1, 0.2, (r, g)),
+      ntk_final_meta_loss=rng.uniform(0.1, 0.2, (r, g)),
+      function_gap=rng.uniform(0.0, 1.0, (r, g)) ** 3,
+      meta_curvature=(curv_max, curv_min), rcond=rng.uniform(0.01, 1.0, (r, g)),
+      loss_trace=np.zeros((r, g, 2)), optimum=[], seconds={"train": 0.0})
+
+
+class PlantedSweepTest(absltest.TestCase):
+  """Reported numbers of planted per-run losses, recomputed in NumPy."""
+
+  def test_optimum_of(self):
+    grid = np.array([-1.0, 0.0, 1.0])
+    values = np.array([[2.0, 1.5, 1.0], [2.5, 1.0, 0.5], [3.0, 2.5, 2.4],
+                       [1.0, 3.0, 0.9]])
+    o = experiment.optimum_of(values, grid, zero_index=1)
+    d = values[:, 2] - values[:, 1]
+    self.assertEqual(o["argmin"], 1.0)
+    self.assertAlmostEqual(o["min"], values[:, 2].mean(), places=14)
+    self.assertAlmostEqual(o["min_se"], values[:, 2].std(ddof=1) / 2, places=14)
+    self.assertAlmostEqual(o["min_minus_at_zero"], d.mean(), places=14)
+    self.assertAlmostEqual(o["min_minus_at_zero_se"], d.std(ddof=1) / 2, places=14)
+    self.assertEqual(o["bootstrap_runs"], 4)
+    # Two runs preferring opposite ends, flat in the middle on average: a
+    # resample is (A, A) → −1, (B, B) → +1 or mixed → 0, with probabilities
+    # 1/4, 1/4, 1/2; 2000 resamples put each within ±0.05 of that.
+    two = np.array([[0.0, 1.0, 3.0], [3.0, 1.0, 0.0]])
+    b = experiment.optimum_of(two, grid, zero_index=1)
+    self.assertEqual(b["bootstrap_resamples"], 2000)
+    self.assertAlmostEqual(b["bootstrap_p_negative"], 0.25, delta=0.05)
+    self.assertAlmostEqual(b["bootstrap_p_positive"], 0.25, delta=0.05)
+    self.assertEqual(b["bootstrap_argmin_68"], [-1.0, 1.0])
+    self.assertEqual(b["bootstrap_argmin_95"], [-1.0, 1.0])
+    # Half the resamples tie the runs: the 68% interval is the middle.
+    one_sided = np.array([[0.0, 1.0, 3.0], [3.0, 1.0, 1.5]])
+    c = experiment.optimum_of(one_sided, grid, zero_index=1)
+    self.assertEqual(c["bootstrap_argmin_68"], [-1.0, 0.0])
+    self.assertEqual(c["bootstrap_p_positive"], 0.0)
+
+  def test_record_and_table(self):
+    rng = np.random.default_rng(4)
+    losses = {k: rng.uniform(1.0, 2.0, (4, 2, 3)) for k in experiment.CURVES}
+    diverged = np.zeros((4, 3), bool)
+    diverged[1, 2] = True
+    losses["trained"][1, :, 2] = np.nan
+    losses["ntk"][3, 0, 0] = np.inf
+    res = _planted_sweep(losses, diverged=diverged)
+    rec = experiment.record(res)
+    self.assertEqual([g["diverged"] for g in rec["grid"]], [0, 0, 1])
+    for i, entry in enumerate(rec["grid"]):
+      self.assertEqual(entry["alpha_t"], res.config.grid[i])
+      for a, by in enumerate(entry["by_alpha_r"]):
+        self.assertEqual(by["alpha_r"], res.config.alpha_r[a])
+        for name in experiment.CURVES:
+          v = losses[name][:, a]
+          ok = np.isfinite(v[:, i])
+          self.assertEqual(by[name]["runs"], int(ok.sum()))
+          self.assertAlmostEqual(by[name]["mean"], v[ok, i].mean(), places=13)
+          d = v[:, i] - v[:, 1]
+          d = d[np.isfinite(d)]
+          self.assertAlmostEqual(by[name]["minus_at_zero"]["mean"], d.mean(), places=13)
+        d = losses["trained"][:, a, i] - losses["ntk"][:, a, i]
+        d = d[np.isfinite(d)]
+        self.assertAlmostEqual(by["trained_minus_ntk"]["mean"], d.mean(), places=13)
+        self.assertAlmostEqual(by["trained_minus_ntk"]["se"],
+                               d.std(ddof=1) / np.sqrt(d.size), places=13)
+      for key in ("trained", "ntk", "ntk_same_steps", "trained_minus_ntk"):
+        self.assertEqual(entry[key], entry["by_alpha_r"][0][key])
+      self.assertAlmostEqual(entry["ntk_same_steps_final_meta_loss_median"],
+                             np.median(res.ntk_final_meta_loss[:, i]), places=14)
+      self.assertAlmostEqual(entry["function_gap_median"],
+                             np.median(res.function_gap[:, i]), places=14)
+      self.assertAlmostEqual(entry["meta_condition_median"], np.median(
+          res.meta_curvature[0][:, i] / res.meta_curvature[1][:, i]), places=12)
+      self.assertAlmostEqual(entry["min_rcond"], res.rcond[:, i].min(), places=14)
+    # The runs differ between α_r values: the second is not the first again.
+    self.assertNotEqual(rec["grid"][0]["by_alpha_r"][1]["trained"]["mean"],
+                        rec["grid"][0]["by_alpha_r"][0]["trained"]["mean"])
+
+  def test_validate_outer_lr_bound_and_boolean(self):
+    with self.assertRaises(_checks.ConfigError) as cm:    # at the bound: unstable
+      experiment.validate(experiment.NonlinearSweepConfig(outer_lr=3.8, momentum=0.9))
+    self.assertEqual(cm.exception.name, "outer_lr")
+    self.assertEqual(experiment.validate(experiment.NonlinearSweepConfig(
+        outer_lr=3.79, momentum=0.9)).outer_lr, 3.79)
+    with self.assertRaises(_checks.ConfigError) as cm:
+      experiment.validate(experiment.NonlinearSweepConfig(antisymmetric="yes"))
+    self.assertEqual(cm.exception.name, "antisymmetric")
+
+
+class ReportedRatesTest(absltest.TestCase):
+
+  def test_curvature_unit_and_absolute_rates(self):
+    # ResumeTest's sizes (its compiled stages are reused), two adaptation rates.
+    cfg = experiment.NonlinearSweepConfig(
+        d=3, width=8, m=2, n_t=3, n_v=2, n_r=3, num_steps=5, grid=(-1.0, 0.0, 1.0),
+        seeds=2, test_tasks=4, test_points=3, alpha_r=(0.5, 1.0))
+    res = experiment.run(cfg)
+    # λ_max(J Jᵀ / n_t), J the network's Jacobian at θ₀ on each training task's
+    # support inputs, by autodiff, for every run and task.
+    sizes = experiment.sizes_of(cfg)
+    lams = []
+    with jax.enable_x64(True):
+      apply = _study.apply_fn(sizes)
+      prob = experiment.make_problem(cfg)
+      for key in experiment.run_keys(cfg):
+        run = _study.make_run(key, prob, sizes)
+        for x in np.asarray(run.train.x_support, np.float64):
+          jac = jax.jacobian(lambda p: apply(p, x))(run.params0)  # noqa: B023
+          j = np.concatenate([np.asarray(v, np.float64).reshape(x.shape[0], -1)
+                              for v in jax.tree.leaves(jac)], axis=1)
+          lams.append(np.linalg.eigvalsh(j @ j.T / x.shape[0])[-1])
+    lams = np.array(lams)
+    self.assertLen(lams, 4)
+    c = res.curvature
+    np.testing.assert_allclose(
+        [c["lambda_bar"], c["lambda_std"], c["lambda_min"], c["lambda_max"]],
+        [lams.mean(), lams.std(ddof=1), lams.min(), lams.max()], rtol=1e-6)
+    self.assertAlmostEqual(c["alpha_unit"] * c["lambda_bar"], 1.0, places=12)
+    self.assertAlmostEqual(c["alpha_unit"] * lams.mean(), 1.0, places=5)
+    unit = c["alpha_unit"]
+    np.testing.assert_allclose(res.alpha_t, np.array([-1.0, 0.0, 1.0]) * unit,
+                               rtol=1e-12)
+    rec = experiment.record(res)
+    np.testing.assert_allclose(rec["alpha_r_absolute"], [0.5 * unit, unit], rtol=1e-12)
+    for a, entry in enumerate(res.optimum):
+      self.assertEqual(entry["alpha_r"], cfg.alpha_r[a])
+      self.assertAlmostEqual(entry["alpha_r_absolute"], cfg.alpha_r[a] * unit,
+                             places=12)
+      for name in experiment.CURVES:
+        if entry[name]["argmin"] is not None:
+          self.assertAlmostEqual(entry[name]["argmin_absolute"],
+                                 entry[name]["argmin"] * unit, places=12)
+    # In absolute units the rates are used as given.
+    absolute = experiment.run(dataclasses.replace(cfg, units="absolute"))
+    self.assertEqual(absolute.curvature["alpha_unit"], 1.0)
+    np.testing.assert_array_equal(absolute.alpha_t, [-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(absolute.alpha_r, [0.5, 1.0])
+
+
 class BadInputTest(parameterized.TestCase):
   """One-line error naming the flag and its allowed values; exit ≠ 0."""
 

@@ -202,6 +202,12 @@ class IsolationTest(absltest.TestCase):
     self.assertEqual(entry["protocol"][1]["seeds"], 0)
     self.assertEqual(rec["diverged_members"], 2)
     self.assertIn("2/2", experiment.summary_table(blown))
+    # Re-evaluated at another rate, the diverged member stays NaN (its frozen
+    # parameters are finite, but not a trained model); the others do not.
+    again = experiment.reevaluate(blown, alpha_r=(0.05,))
+    self.assertTrue(np.all(np.isnan(again.query[1])))
+    self.assertTrue(np.all(np.isnan(again.dense[1])))
+    self.assertTrue(np.all(np.isfinite(again.query[[0, 2]])))
     # Seed 1 gives the same member wherever it sits in the grid (seeds 1, 2).
     shifted = _run(seed=1)
     np.testing.assert_array_equal(shifted.query[:, 0], base.query[:, 1])
@@ -401,6 +407,216 @@ class ConfigTest(parameterized.TestCase):
       self.assertEqual(experiment._modified(experiment.preset(name, seeds=2), name),
                        ("seeds",))
     self.assertEqual(experiment.preset("alpha_t_small").chunk_members, 0)
+
+
+def _synthetic(query, *, alpha_t, alpha_r, eval_shots=5, iterations=40,
+               diverged=None, train_losses=None):
+  """A SinusoidResult around planted per-task losses [A, S, R, T, K] (no training)."""
+  a, s, r, t, k = query.shape
+  config = experiment.validate(experiment.SinusoidConfig(
+      alpha_t=alpha_t, alpha_r=alpha_r, iterations=iterations, seeds=s,
+      test_tasks=t, eval_shots=eval_shots, eval_steps=k - 1, dense_points=0))
+  diverged = np.zeros((a, s), bool) if diverged is None else diverged
+  if train_losses is None:
+    train_losses = np.random.default_rng(5).uniform(1.0, 2.0, (a, s, iterations))
+  return experiment.SinusoidResult(
+      config=config, preset=None, modified_from_preset=(), seeds=np.arange(s),
+      query=np.asarray(query, np.float64), dense=np.zeros((a, s, r, t, 0)),
+      train_losses=train_losses, diverged=diverged,
+      diverged_step=np.where(diverged, 7, -1), params=np.zeros((a, s, 3)),
+      seconds=0.0, compile_seconds=0.0, resumed_chunks=0)
+
+
+def _with_seed_means(means):
+  """Per-task losses [A, S, R, T=2, K] whose task mean is `means` [A, S, R, K]."""
+  means = np.asarray(means, np.float64)
+  return np.stack([means - 0.1, means + 0.1], axis=3)
+
+
+class PlantedResultTest(absltest.TestCase):
+  """Reported statistics of planted losses, recomputed in NumPy (milliseconds)."""
+
+  def test_estimates_with_non_finite_tasks(self):
+    rng = np.random.default_rng(1)
+    q = rng.uniform(0.5, 1.5, (3, 3, 2, 6, 3))
+    q[0, 1, 0, 2, 1] = np.nan          # member (0, seed 1), α_r 0, step 1: two of
+    q[0, 1, 0, 4, 1] = np.inf          # its six tasks are not finite
+    r = _synthetic(q, alpha_t=(-0.01, 0.0, 0.01), alpha_r=(0.0, 0.01))
+    e = experiment.estimate(r, "protocol")
+    self.assertEqual(int(e.nonfinite_tasks[0, 0, 1]), 2)      # NaN and inf
+    self.assertEqual(int(e.nonfinite_tasks.sum()), 2)
+    # The median ranks non-finite tasks above the finite ones: still finite.
+    finite = np.sort(np.delete(q[0, 1, 0, :, 1], [2, 4]))
+    self.assertEqual(e.seed_median[0, 1, 0, 1], 0.5 * (finite[2] + finite[3]))
+    # The pooled mean leaves the non-finite seed out; 95% = mean ± 1.96 s.e.
+    kept = q[0, [0, 2], 0, :, 1].mean(axis=1)
+    self.assertEqual(int(e.n[0, 0, 1]), 2)
+    self.assertAlmostEqual(e.mean[0, 0, 1], kept.mean(), places=14)
+    se = kept.std(ddof=1) / np.sqrt(2)
+    self.assertAlmostEqual(e.se[0, 0, 1], se, places=14)
+    np.testing.assert_allclose([e.lo95[0, 0, 1], e.hi95[0, 0, 1]],
+                               [kept.mean() - 1.96 * se, kept.mean() + 1.96 * se],
+                               rtol=1e-13)
+
+  def test_unstable_means_above_the_factor(self):
+    q = np.ones((1, 2, 1, 4, 2))
+    q[0, :, 0, :, 1] = [experiment.UNSTABLE_FACTOR, 5.000001, 1.0, 1.0]
+    e = experiment.estimate(_synthetic(q, alpha_t=(0.0,), alpha_r=(0.01,)), "protocol")
+    np.testing.assert_array_equal(e.seed_unstable[0, :, 0], [[0, 1], [0, 1]])
+    np.testing.assert_array_equal(e.seed_stable_mean[0, :, 0, 1],
+                                  [7.0 / 3.0, 7.0 / 3.0])
+
+  def test_finn_comparison(self):
+    rng = np.random.default_rng(2)
+    q = rng.uniform(0.5, 1.5, (3, 3, 2, 4, 6))   # α_t × seeds × α_r × tasks × steps
+    # Two matched pairs α_t = α_r: (0, 0) first, the paper's (0.01, 0.01) second.
+    # Step 1 (Finn 0.67): seed means 0.67 + (0.5, 1.5, −3) × the seed's own
+    # half-width 1.96·0.1/√4 (tasks ±0.1); step 5 (Finn 0.38): all well below.
+    ci = 1.96 * 0.1 / 2
+    pm = np.array([-0.1, 0.1, -0.1, 0.1])
+    for s, shift in enumerate((0.5, 1.5, -3.0)):
+      q[1, s, 1, :, 1] = 0.67 + shift * ci + pm
+      q[1, s, 1, :, 5] = 0.2 + 0.01 * s + pm
+    r = _synthetic(q, alpha_t=(0.0, 0.01, 0.02), alpha_r=(0.0, 0.01))
+    comp = experiment.finn_comparison(r)
+    self.assertEqual((comp["alpha_t"], comp["paper_alpha"]), (0.01, True))
+    self.assertFalse(comp["finn_setup"])
+    rows = comp["protocol"]
+    self.assertEqual(sorted(rows), ["1", "5"])     # steps 1, 5 ≤ eval_steps = 5
+    for step, ref in (("1", 0.67), ("5", 0.38)):
+      row = rows[step]
+      means = q[1, :, 1, :, int(step)].mean(axis=1)
+      mean, se = means.mean(), means.std(ddof=1) / np.sqrt(3)
+      self.assertAlmostEqual(row["mean"], mean, places=14)
+      self.assertAlmostEqual(row["se"], se, places=14)
+      np.testing.assert_allclose(row["ci95"], [mean - 1.96 * se, mean + 1.96 * se],
+                                 rtol=1e-13)
+      self.assertEqual(row["finn_inside_pooled_ci95"],
+                       abs(mean - ref) <= 1.96 * se, msg=step)
+      self.assertEqual((row["finite_seeds"], row["unstable_tasks"]), (3, 0))
+      self.assertFalse(row["blowups_affect_mean"])
+      for s, seed_row in enumerate(row["per_seed"]):
+        half = 1.96 * q[1, s, 1, :, int(step)].std() / 2
+        self.assertAlmostEqual(seed_row["ci95_halfwidth"], half, places=14)
+        self.assertEqual(seed_row["finn_inside"], abs(means[s] - ref) <= half)
+    self.assertTrue(rows["1"]["finn_inside_pooled_ci95"])
+    self.assertFalse(rows["5"]["finn_inside_pooled_ci95"])        # above the interval
+    self.assertEqual([x["finn_inside"] for x in rows["1"]["per_seed"]],
+                     [True, False, False])
+    self.assertEqual(rows["1"]["seeds_with_finn_inside"], 1)
+    # Table 2 is a 5-shot comparison: none with 10 shots.
+    self.assertIsNone(experiment.finn_comparison(_synthetic(
+        q, alpha_t=(0.0, 0.01, 0.02), alpha_r=(0.0, 0.01), eval_shots=10)))
+
+  def test_optimum(self):
+    nan = np.nan
+    last = np.array([[3.0, 3.0, nan],            # [A=4, S=3] at α_r = 0
+                     [2.0, 1.0, 2.5],
+                     [1.0, 2.0, 1.5],
+                     [4.0, 4.0, 0.5]])
+    offset = np.array([0.5, -0.2, 0.5, -2.0])[:, None]   # α_r = 0.01
+    means = np.empty((4, 3, 2, 3))                        # [A, S, R, K]
+    means[:, :, 0, 0], means[:, :, 1, 0] = 10.0, 20.0     # step 0: α_r = 0 best
+    means[:, :, :, 1] = 5.0
+    means[:, :, 0, 2], means[:, :, 1, 2] = last, last + offset
+    alpha_t = (-0.01, 0.0, 0.01, 0.02)
+    r = _synthetic(_with_seed_means(means), alpha_t=alpha_t, alpha_r=(0.0, 0.01))
+    o = experiment.optimum(r, "protocol")
+    self.assertEqual(o["step"], 2)
+    first, second = o["per_alpha_r"]
+    # Pooled means [3, 1.83, 1.5, 2.83]: α_t = 0.01.
+    self.assertEqual(first["argmin_alpha_t"], 0.01)
+    self.assertAlmostEqual(first["min"], 1.5, places=14)
+    self.assertAlmostEqual(first["min_se"], 0.5 / np.sqrt(3), places=14)
+    # Every seed's own argmin, the one with a non-finite value included.
+    self.assertEqual(first["seed_argmins"], [0.01, 0.0, 0.02])
+    self.assertAlmostEqual(first["seed_argmin_mean"], 0.01, places=14)
+    self.assertAlmostEqual(first["seed_argmin_se"], 0.01 / np.sqrt(3), places=14)
+    refined = [experiment._refined_argmin(np.array(alpha_t), last[:, s]) for s in range(3)]
+    self.assertEqual(first["seed_refined_argmins"], refined)
+    self.assertAlmostEqual(first["seed_refined_argmin_mean"], np.mean(refined), places=14)
+    self.assertNotAlmostEqual(np.mean(refined), np.median(refined), places=4)
+    # Paired by seed: L(0.01) − L(0) = (−1, 1, −1).
+    self.assertAlmostEqual(first["min_minus_at_zero"], -1 / 3, places=14)
+    self.assertAlmostEqual(first["min_minus_at_zero_se"],
+                           np.std([-1, 1, -1], ddof=1) / np.sqrt(3), places=14)
+    # α_r = 0.01: best at the grid edge α_t = 0.02 (refined: the edge itself).
+    self.assertEqual(second["argmin_alpha_t"], 0.02)
+    self.assertEqual(second["refined_argmin_alpha_t"], 0.02)
+    self.assertAlmostEqual(second["min_minus_at_matched"],
+                           np.mean((last + offset)[3] - (last + offset)[2]), places=14)
+    # Best α_r per α_t and jointly, after the last step (not step 0).
+    self.assertEqual([b["argmin_alpha_r"] for b in o["best_alpha_r"]],
+                     [0.0, 0.01, 0.0, 0.01])
+    self.assertEqual((o["joint_argmin"]["alpha_t"], o["joint_argmin"]["alpha_r"]),
+                     (0.02, 0.01))
+    self.assertAlmostEqual(o["joint_argmin"]["min"], np.mean(last[3] + offset[3]),
+                           places=14)
+    # Two seeds still give paired differences.
+    two = experiment.optimum(_synthetic(_with_seed_means(means[:, [0, 2]]),
+                                        alpha_t=alpha_t, alpha_r=(0.0, 0.01)), "protocol")
+    self.assertEqual(two["per_alpha_r"][0]["argmin_alpha_t"], 0.01)
+    self.assertAlmostEqual(two["per_alpha_r"][0]["min_minus_at_zero"], -1.0, places=14)
+
+  def test_auto_estimator_is_dense_when_computed(self):
+    rng = np.random.default_rng(6)
+    q = rng.uniform(0.5, 1.5, (2, 2, 1, 3, 2))
+    r = _synthetic(q, alpha_t=(0.0, 0.01), alpha_r=(0.01,))
+    dense = dataclasses.replace(r, dense=q[..., ::-1] + 1.0)     # other losses
+    self.assertEqual(experiment.optimum(dense)["estimator"], "dense")
+    self.assertEqual(experiment.optimum(r)["estimator"], "protocol")
+    np.testing.assert_allclose(experiment.estimate(dense).mean[:, 0],
+                               (q[..., ::-1] + 1.0).mean(axis=(1, 3))[:, 0], rtol=1e-14)
+
+  def test_refined_argmin_at_the_right_edge(self):
+    x = np.linspace(-1.0, 1.0, 5)
+    self.assertEqual(experiment._refined_argmin(x, -x), 1.0)
+    self.assertEqual(experiment._refined_argmin(x, np.array([3, 2, 1, 1.5, 0.5])), 1.0)
+
+  def test_record_and_table(self):
+    rng = np.random.default_rng(3)
+    q = rng.uniform(0.5, 1.5, (4, 3, 2, 5, 3))
+    q[0, 0, 1, 3, 2] = np.nan                      # a non-finite task, seed 0
+    q[0, 1, 1, 2, 2] = 50.0                        # a blown-up task, seed 1
+    diverged = np.zeros((4, 3), bool)
+    diverged[1, 2] = True
+    q[1, 2] = np.nan
+    train = rng.uniform(1.0, 2.0, (4, 3, 40))
+    train[1, 2, 8:] = np.nan
+    r = _synthetic(q, alpha_t=(-0.01, 0.0, 0.01, 0.02), alpha_r=(0.0, 0.01),
+                   diverged=diverged, train_losses=train)
+    rec = experiment.record(r)
+    self.assertEqual(rec["test_points_used"], 5)               # = eval_shots
+    self.assertEqual(rec["diverged_members"], 1)
+    grid = {(g["alpha_t"], g["alpha_r"]): g for g in rec["grid"]}
+    self.assertLen(grid, 8)
+    self.assertEqual(grid[0.0, 0.01]["diverged_seeds"], [2])
+    self.assertEqual(grid[0.0, 0.01]["diverged_steps"], [7])
+    self.assertEqual(grid[0.01, 0.0]["diverged_steps"], [])
+    # Meta-training loss: mean of the last 5% of the 40 steps (2 steps).
+    np.testing.assert_allclose(grid[-0.01, 0.0]["final_train_loss_per_seed"],
+                               train[0, :, -2:].mean(axis=1), rtol=1e-14)
+    self.assertTrue(np.isnan(grid[0.0, 0.0]["final_train_loss_per_seed"][2]))
+    step = grid[-0.01, 0.01]["protocol"][2]
+    tasks = q[0, :, 1, :, 2]                                  # [S, T]
+    self.assertEqual(step["step"], 2)
+    self.assertEqual(step["nonfinite_tasks"], 1)
+    self.assertEqual(step["unstable_tasks"], 2)                # NaN + blow-up
+    self.assertEqual(step["seeds"], 2)
+    means = tasks[1:].mean(axis=1)
+    se = means.std(ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose(step["ci95"], [means.mean() - 1.96 * se,
+                                              means.mean() + 1.96 * se], rtol=1e-13)
+    np.testing.assert_allclose(step["per_seed_ci95_halfwidth"][1:],
+                               1.96 * tasks[1:].std(axis=1) / np.sqrt(5), rtol=1e-13)
+    # The table: too many (α_t, α_r) rows, so α_r = 0.01 only; the diverged
+    # member's row says 1/3.
+    lines = experiment.summary_table(r, max_rows=4).splitlines()
+    self.assertIn("(showing α_r = 0.01 only", "\n".join(lines))
+    rows = [x.split() for x in lines if x.split() and x.split()[0] in
+            ("-0.0100", "0.0000", "0.0100", "0.0200")]
+    self.assertEqual([x[1] for x in rows], ["0.0100"] * 4)
+    self.assertEqual([x[-1] == "1/3" for x in rows], [False, True, False, False])
 
 
 def _binary(*args, timeout=300):
