@@ -25,13 +25,20 @@ def _grid(*argv, base=(-2.0, 0.0, 2.0)):
   return cli.grid_from_flags(_grid_flags(*argv), base)
 
 
-class GridFlagsTest(absltest.TestCase):
+class _ConfigErrorAssertions(absltest.TestCase):
 
-  def assertError(self, argv, name, detail):
+  def assertConfigError(self, fn, name, detail):
+    """fn() raises a ConfigError naming `name`, whose detail contains `detail`."""
     with self.assertRaises(_checks.ConfigError) as ctx:
-      _grid(*argv)
+      fn()
     self.assertEqual(ctx.exception.name, name)
     self.assertIn(detail, ctx.exception.detail)
+
+
+class GridFlagsTest(_ConfigErrorAssertions):
+
+  def assertError(self, argv, name, detail):
+    self.assertConfigError(lambda: _grid(*argv), name, detail)
 
   def test_grids(self):
     self.assertIsNone(_grid())
@@ -74,46 +81,41 @@ class GridFlagsTest(absltest.TestCase):
                      "must be >= 2 when --grid_min != --grid_max (got 1)")
 
 
-class ChecksTest(absltest.TestCase):
-
-  def assertError(self, fn, name, detail):
-    with self.assertRaises(_checks.ConfigError) as ctx:
-      fn()
-    self.assertEqual(ctx.exception.name, name)
-    self.assertIn(detail, ctx.exception.detail)
+class ChecksTest(_ConfigErrorAssertions):
 
   def test_bounds_are_inclusive_unless_open(self):
     self.assertEqual(_checks.integer("n", 3, minimum=3, maximum=3), 3)
     self.assertEqual(_checks.real("x", 0.0, lo=0.0, hi=0.0), 0.0)
-    self.assertError(lambda: _checks.real("x", 0.0, lo=0.0, lo_open=True), "x",
-                     "must be a finite real number > 0 (got 0)")
+    self.assertConfigError(lambda: _checks.real("x", 0.0, lo=0.0, lo_open=True), "x",
+                           "must be a finite real number > 0 (got 0)")
     self.assertEqual(_checks.real_grid("g", [1.0, -1.0], max_points=2, max_abs=1.0),
                      (1.0, -1.0))
-    self.assertError(lambda: _checks.real_grid("g", [0.0] * 3, max_points=2), "g",
-                     "must have at most 2 points (got 3)")
-    self.assertError(lambda: _checks.real_grid("g", [0.5, -1.5], max_abs=1.0), "g",
-                     "|x| <= 1 (got -1.5)")
+    self.assertConfigError(lambda: _checks.real_grid("g", [0.0] * 3, max_points=2),
+                           "g", "must have at most 2 points (got 3)")
+    self.assertConfigError(lambda: _checks.real_grid("g", [0.5, -1.5], max_abs=1.0),
+                           "g", "|x| <= 1 (got -1.5)")
 
   def test_integers(self):
     self.assertEqual(_checks.integer("runs", 4.0), 4)
     self.assertIsInstance(_checks.integer("runs", 4.0), int)
-    self.assertError(lambda: _checks.integer("runs", True), "runs",
-                     "must be an integer >= 1 (got True)")
-    self.assertError(lambda: _checks.integer("runs", 2.5), "runs", "(got 2.5)")
+    self.assertConfigError(lambda: _checks.integer("runs", True), "runs",
+                           "must be an integer >= 1 (got True)")
+    self.assertConfigError(lambda: _checks.integer("runs", 2.5), "runs", "(got 2.5)")
 
   def test_infinity_is_refused_without_an_upper_bound(self):
     for value in (float("inf"), float("-inf"), float("nan")):
-      self.assertError(lambda: _checks.real("sigma", value, lo=0.0), "sigma",
-                       "must be a finite real number >= 0")
-      self.assertError(lambda: _checks.real("b", value), "b", "must be a finite real number")
+      self.assertConfigError(lambda: _checks.real("sigma", value, lo=0.0), "sigma",
+                             "must be a finite real number >= 0")
+      self.assertConfigError(lambda: _checks.real("b", value), "b",
+                             "must be a finite real number")
 
   def test_preset_sequences_compare_by_value(self):
     presets = {"a": {"grid": (0.5, 1.0), "runs": 3}}
     fields = _checks.preset_fields("a", presets, {"grid": [0.5, 1], "runs": 5}, ("grid",))
     self.assertEqual(fields, {"grid": [0.5, 1], "runs": 5})
-    self.assertError(lambda: _checks.preset_fields("a", presets, {"grid": [0.5, 2.0]},
-                                                   ("grid",)),
-                     "grid", "contradicts --preset=a, which sets grid=(0.5, 1.0)")
+    self.assertConfigError(
+        lambda: _checks.preset_fields("a", presets, {"grid": [0.5, 2.0]}, ("grid",)),
+        "grid", "contradicts --preset=a, which sets grid=(0.5, 1.0)")
 
 
 class RunErrorsTest(absltest.TestCase):
@@ -170,7 +172,6 @@ class FlagErrorTest(absltest.TestCase):
     self.assertIn("alpha_t", message)
     self.assertIn("(got 'beta'); --sweep: ", message)
     self.assertTrue(message.endswith("Which rate."), msg=message)
-
 
   def test_integer_and_boolean_flags_say_what_they_take(self):
     self.assertEqual(self._error(

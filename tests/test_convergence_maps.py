@@ -424,6 +424,17 @@ def _first_diverged(classes, beta):
   return np.array(beta_c), np.array(below), np.array(monotone)
 
 
+def _expected_counts(a, converged_below):
+  """Class counts recomputed from a map's arrays: diverged if non-finite or the
+  loss grew, converged if the final loss is below `converged_below` [α, β]."""
+  diverged = a["nonfinite"] | ~(a["final_loss"] <= a["initial_loss"])
+  converged = ~diverged & (a["final_loss"] < converged_below)
+  counts = {"converged": int(converged.sum()),
+            "not_yet_converged": int(np.sum(~diverged & ~converged)),
+            "diverged": int(diverged.sum())}
+  return counts, converged
+
+
 class ReportedNumbersTest(absltest.TestCase):
   """The record's and the table's numbers, recomputed from the per-cell runs."""
 
@@ -443,12 +454,7 @@ class ReportedNumbersTest(absltest.TestCase):
 
   def test_counts_are_the_criterion_applied_to_the_runs(self):
     a = self.res.arrays
-    # Takagi: diverged if non-finite or the loss grew; else converged iff < 1e-2.
-    diverged = a["nonfinite"] | ~(a["final_loss"] <= a["initial_loss"])
-    converged = ~diverged & (a["final_loss"] < 1e-2)
-    want = {"converged": int(converged.sum()),
-            "not_yet_converged": int(np.sum(~diverged & ~converged)),
-            "diverged": int(diverged.sum())}
+    want, converged = _expected_counts(a, 1e-2)    # Takagi: absolute, 1e-2
     self.assertEqual(self.res.summary["counts"], want)
     self.assertTrue(all(v > 0 for v in want.values()), msg=want)   # not vacuous
     # The exact T-step map's loss gap, over the converged cells only.
@@ -561,7 +567,7 @@ class ReportedNumbersTest(absltest.TestCase):
 @functools.lru_cache(maxsize=None)
 def small_sinusoid_map():
   # α <= 0 only: for α > 0 the one-task formula overstates stability near
-  # α = 1/λ_max (docs/convergence_maps.md).
+  # α = 1/λ_max (BUILD_NOTES §5, sinusoid).
   return experiment.run(experiment.preset("sinusoid", alpha_num=3, beta_num=8,
                                           iterations=40, alpha_min=-0.2,
                                           alpha_max=0.0, beta_min=0.03))
@@ -615,11 +621,7 @@ class SinusoidMapTest(absltest.TestCase):
     i0 = int(np.flatnonzero(alpha == 0.0)[0])
     emp = a["empirical_class"]
     # Counts: relative criterion, converged iff the loss fell below half its start.
-    grew = a["nonfinite"] | ~(a["final_loss"] <= a["initial_loss"])
-    conv = ~grew & (a["final_loss"] < 0.5 * a["initial_loss"])
-    self.assertEqual(s["counts"], {"converged": int(conv.sum()),
-                                   "not_yet_converged": int(np.sum(~grew & ~conv)),
-                                   "diverged": int(grew.sum())})
+    self.assertEqual(s["counts"], _expected_counts(a, 0.5 * a["initial_loss"])[0])
     # Trained point: the α = 0 cell that did not diverge with the lowest final loss.
     ok = emp[i0] != D
     self.assertTrue(ok.any() and not ok.all())     # a diverged cell to skip

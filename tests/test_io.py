@@ -91,6 +91,15 @@ class ConfigIdentityTest(absltest.TestCase):
     self.assertNotEqual(io.fingerprint({"p": 3, "seed": 0}), io.fingerprint({"p": 3, "seed": 1}))
 
 
+def _written_record_text(record) -> str:
+  """The text of the JSON file `write_results` writes for `record`."""
+  with tempfile.TemporaryDirectory() as d:
+    json_path = os.path.join(d, "r.json")
+    io.write_results(json_path, record, os.path.join(d, "r.npz"), {}, {})
+    with open(json_path) as f:
+      return f.read()
+
+
 class WriteResultsTest(absltest.TestCase):
 
   def test_a_directory_in_the_way_writes_nothing(self):
@@ -120,14 +129,9 @@ class WriteResultsTest(absltest.TestCase):
     # file as NaN/Infinity, which is not JSON.
     record = {"grid": [{"mean": float("nan"), "values": [1.0, float("inf")]}],
               "pair": (float("-inf"), 2.0), "array": np.array([np.nan, 3.0])}
-    with tempfile.TemporaryDirectory() as d:
-      json_path, npz_path = os.path.join(d, "r.json"), os.path.join(d, "r.npz")
-      io.write_results(json_path, record, npz_path, {}, {})
-      with open(json_path) as f:
-        text = f.read()
     def no_constants(name):
       raise AssertionError(f"{name} written to JSON")
-    self.assertEqual(json.loads(text, parse_constant=no_constants),
+    self.assertEqual(json.loads(_written_record_text(record), parse_constant=no_constants),
                      {"grid": [{"mean": None, "values": [1.0, None]}],
                       "pair": [None, 2.0], "array": [None, 3.0]})
 
@@ -135,13 +139,9 @@ class WriteResultsTest(absltest.TestCase):
     record = {"i": np.int64(3), "f32": np.float32(0.5), "b": np.bool_(True),
               "a": np.arange(2, dtype=np.int32), "j": jnp.asarray([1.5, 2.5]),
               "js": jnp.asarray(4.0), "nan32": np.float32("nan")}
-    with tempfile.TemporaryDirectory() as d:
-      json_path, npz_path = os.path.join(d, "r.json"), os.path.join(d, "r.npz")
-      io.write_results(json_path, record, npz_path, {}, {})
-      with open(json_path) as f:
-        loaded = json.load(f)
-      with self.assertRaisesRegex(TypeError, "not JSON serializable: object"):
-        io.write_results(json_path, {"x": object()}, npz_path, {}, {})
+    loaded = json.loads(_written_record_text(record))
+    with self.assertRaisesRegex(TypeError, "not JSON serializable: object"):
+      _written_record_text({"x": object()})
     self.assertEqual(loaded, {"i": 3, "f32": 0.5, "b": True, "a": [0, 1], "j": [1.5, 2.5],
                               "js": 4.0, "nan32": None})
     self.assertIs(loaded["b"], True)

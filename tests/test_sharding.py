@@ -13,6 +13,12 @@ from absl.testing import absltest
 from negmeta import sharding
 
 
+def _only_scan(fn, *args):
+  """The one `scan` equation (a `lax.map` loop) of fn's jaxpr."""
+  (loop,) = [e for e in jax.make_jaxpr(fn)(*args).eqns if e.primitive.name == "scan"]
+  return loop
+
+
 class HelpersTest(absltest.TestCase):
 
   def test_padded_size(self):
@@ -41,7 +47,7 @@ class HelpersTest(absltest.TestCase):
     np.testing.assert_array_equal(mapped(xs), 2 * xs)            # the padding dropped
     # One batch of 2 at a time (3 batches: memory stays bounded), and each
     # batch constrained to the mesh (so it is split over its devices).
-    (loop,) = [e for e in jax.make_jaxpr(mapped)(xs).eqns if e.primitive.name == "scan"]
+    loop = _only_scan(mapped, xs)
     self.assertEqual(loop.params["length"], 3)
     self.assertIn("sharding_constraint",
                   [e.primitive.name for e in loop.params["jaxpr"].jaxpr.eqns])
@@ -49,7 +55,7 @@ class HelpersTest(absltest.TestCase):
     # 5 members padded to 100.
     big = lambda v: sharding.batched_map(lambda x: 2 * x, v, 100, mesh)  # noqa: E731
     np.testing.assert_array_equal(big(xs), 2 * xs)
-    (loop,) = [e for e in jax.make_jaxpr(big)(xs).eqns if e.primitive.name == "scan"]
+    loop = _only_scan(big, xs)
     self.assertEqual(loop.params["length"], 1)
     self.assertEqual([v.aval.shape for v in loop.params["jaxpr"].jaxpr.invars], [(5,)])
 
