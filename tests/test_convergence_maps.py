@@ -652,6 +652,10 @@ class SinusoidMapTest(absltest.TestCase):
                        int(diverged.sum() - below.sum()), msg=name)
       self.assertEqual(got["on_predicted_convergent_side"], int(below.sum()), msg=name)
       self.assertEqual(got["share"], 1.0 - below.sum() / diverged.sum(), msg=name)
+      self.assertEqual(got["on_convergent_side_within_one_step"],
+                       int(np.sum(below & ~maps.away_from_boundary(a[key]))), msg=name)
+      self.assertEqual(got["on_convergent_side_alpha_le_0"],
+                       int(np.sum(below[alpha <= 0])), msg=name)
     self.assertEqual(s["diverged_on_predicted_side"], s["diverged_on_side_of"]["predicted"])
     d = s["diverged_on_predicted_side"]
     self.assertLess(d["diverged_cells"], emp.size)  # not every cell: counts differ
@@ -677,6 +681,34 @@ class SinusoidMapTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as d:
       paths = experiment.save(res, d)
       self.assertTrue(os.path.exists(paths["png"]))
+
+
+class DivergedSidesTest(absltest.TestCase):
+  """`_diverged_sides` on a planted map, counted by hand."""
+
+  def test_planted_map(self):
+    alpha = np.array([-0.5, 0.0, 0.5, 1.0])
+    # Predicted boundary between columns 2 and 3 in every row: columns 2 and 3
+    # are within one grid step of it.
+    pred = np.full((4, 6), D)
+    pred[:, :3] = C
+    emp = np.full((4, 6), N)
+    emp[:, 0] = C
+    for cell in ((1, 0), (0, 2), (3, 1), (2, 4), (1, 5)):
+      emp[cell] = D
+    got = experiment._diverged_sides(emp, pred, alpha=alpha)
+    # (1, 0): α = 0, far side; (0, 2): α < 0, next to the boundary; (3, 1): α > 0.
+    self.assertEqual(got, {"diverged_cells": 5, "on_predicted_divergent_side": 2,
+                           "on_predicted_convergent_side": 3,
+                           "on_convergent_side_within_one_step": 1,
+                           "on_convergent_side_alpha_le_0": 2, "share": 2 / 5})
+
+  def test_nothing_diverged(self):
+    pred = np.array([[C, D], [C, D]])
+    got = experiment._diverged_sides(np.full((2, 2), N), pred,
+                                     alpha=np.array([0.0, 1.0]))
+    self.assertIsNone(got["share"])
+    self.assertEqual(sum(v for k, v in got.items() if k != "share"), 0)
 
 
 def _run_binary(*args, timeout=300):

@@ -38,6 +38,7 @@ exactly T steps from the exact T-step map under the same criterion.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -288,6 +289,33 @@ def _tightening(alpha, eb, predicted_beta_c, takagi_beta_c) -> dict[str, Any] | 
           "takagi_beta_c_at_alpha_min": float(takagi_beta_c[0])}
 
 
+def _diverged_sides(empirical: np.ndarray, pred: np.ndarray, *,
+                    alpha: np.ndarray) -> dict[str, Any]:
+  """Where the diverged cells of a map lie relative to a prediction.
+
+  Args:
+    empirical: (A, B) empirical classes (`maps.classify`).
+    pred: (A, B) predicted classes (`predict.asymptotic_classes`).
+    alpha: (A,) the map's α values (rows).
+
+  Returns:
+    Counts of diverged cells: all of them, those the prediction calls divergent,
+    those it calls convergent, and of the latter those within one grid step of
+    the predicted boundary and those at α ≤ 0; `share` is the fraction on the
+    predicted divergent side (None when nothing diverged).
+  """
+  diverged = empirical == maps.DIVERGED
+  below = diverged & (pred == maps.CONVERGED)
+  near = ~maps.away_from_boundary(pred)
+  return {"diverged_cells": int(diverged.sum()),
+          "on_predicted_divergent_side": int(np.sum(diverged & ~below)),
+          "on_predicted_convergent_side": int(below.sum()),
+          "on_convergent_side_within_one_step": int(np.sum(below & near)),
+          "on_convergent_side_alpha_le_0": int(np.sum(below & (alpha <= 0)[:, None])),
+          "share": (float(1 - below.sum() / diverged.sum()) if diverged.any()
+                    else None)}
+
+
 def _map_runs(config, apply_fn, init_params, batch, alpha, beta, log, mesh, store):
   """The map's runs (`maps.run_map_chunks`): a `maps.ChunkedMap`."""
   dtype = jnp.dtype(config.dtype)
@@ -449,18 +477,7 @@ def _run_sinusoid(config, alpha, beta, key, log, mesh, store):
   below_curve = lambda bc: predict.asymptotic_classes(beta[None, :] < bc[:, None])
   predicted = below_curve(beta_c)
   eb = maps.empirical_boundary(empirical, beta)
-  diverged = empirical == maps.DIVERGED
-
-  def side(pred):
-    below = diverged & (pred == maps.CONVERGED)
-    near = ~maps.away_from_boundary(pred)
-    return {"diverged_cells": int(diverged.sum()),
-            "on_predicted_divergent_side": int(np.sum(diverged & ~below)),
-            "on_predicted_convergent_side": int(below.sum()),
-            "on_convergent_side_within_one_step": int(np.sum(below & near)),
-            "on_convergent_side_alpha_le_0": int(np.sum(below & (alpha <= 0)[:, None])),
-            "share": (float(1 - below.sum() / diverged.sum()) if diverged.any()
-                      else None)}
+  side = functools.partial(_diverged_sides, empirical, alpha=alpha)
 
   preds = {"predicted": (predicted, predicted_text),
            "hessian_formula": (below_curve(formula),
