@@ -698,6 +698,58 @@ class ReportedRatesTest(absltest.TestCase):
     np.testing.assert_array_equal(absolute.alpha_r, [0.5, 1.0])
 
 
+# ResumeTest's sizes: its compiled stages are reused.
+_TINY_SWEEP = experiment.NonlinearSweepConfig(
+    d=3, width=8, m=2, n_t=3, n_v=2, n_r=3, num_steps=5, grid=(-1.0, 0.0, 1.0),
+    seeds=2, test_tasks=4, test_points=3)
+
+
+class RunAssemblyTest(absltest.TestCase):
+  """How `run` turns the stages' outputs into curves, traces and masks."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.reference = experiment.run(_TINY_SWEEP)
+
+  def test_exact_ntk_curve_does_not_depend_on_the_outer_rate(self):
+    # The outer rate is an array argument: no new compilation.
+    slow = experiment.run(dataclasses.replace(_TINY_SWEEP, outer_lr=0.5))
+    ref = self.reference
+    # The exact NTK solution is the meta-loss minimiser: the outer rate cannot
+    # enter it; the same-steps curve and the network's training follow it.
+    np.testing.assert_array_equal(slow.losses["ntk"], ref.losses["ntk"])
+    for values in (lambda r: r.losses["ntk_same_steps"], lambda r: r.loss_trace[:, :, 1:]):
+      self.assertGreater(np.min(np.abs(values(slow) - values(ref))), 0.0)
+    # The final meta-loss is the last of the num_steps recorded losses.
+    self.assertEqual(ref.loss_trace.shape, (2, 3, 5))
+    np.testing.assert_array_equal(ref.final_meta_loss, ref.loss_trace[:, :, -1])
+    self.assertTrue(np.all(ref.final_meta_loss != ref.loss_trace[:, :, 0]))
+
+  def test_diverged_runs_are_masked_in_every_network_quantity(self):
+    real_train = _study.train
+
+    def train_with_a_diverged_run(*args, **kwargs):
+      out = real_train(*args, **kwargs)            # diverged: [G, R]
+      return out._replace(diverged=out.diverged.at[2, 1].set(True))
+
+    reference = self.reference
+    self.assertFalse(reference.diverged.any())
+    with mock.patch.object(_study, "train", train_with_a_diverged_run):
+      res = experiment.run(_TINY_SWEEP)
+    bad = np.zeros((2, 3), bool)
+    bad[1, 2] = True                               # run 1 at α_t = 1
+    np.testing.assert_array_equal(res.diverged, bad)
+    for name, values in (("trained_unadapted", res.trained_unadapted),
+                         ("function_gap", res.function_gap),
+                         ("trained", res.losses["trained"].transpose(1, 0, 2)[0])):
+      self.assertTrue(np.isnan(values[bad]).all(), msg=name)
+      self.assertTrue(np.isfinite(values[~bad]).all(), msg=name)
+    # The linearized model does not diverge with the network.
+    for name in ("ntk", "ntk_same_steps"):
+      np.testing.assert_array_equal(res.losses[name], reference.losses[name])
+
+
 class BadInputTest(parameterized.TestCase):
   """One-line error naming the flag and its allowed values; exit ≠ 0."""
 
