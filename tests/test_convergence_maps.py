@@ -52,6 +52,94 @@ def _log_step(beta):
   return math.log(beta[-1] / beta[0]) / (len(beta) - 1)
 
 
+class ProblemsTest(absltest.TestCase):
+  """The problem constructors draw the documented data (recomputed in NumPy)."""
+
+  def assertMean(self, sample, expected, name):
+    """The sample mean is within 4 standard errors of `expected`."""
+    sample = np.ravel(np.asarray(sample, np.float64))
+    se = sample.std() / np.sqrt(sample.size)
+    self.assertLess(abs(sample.mean() - expected), 4 * se + 1e-12,
+                    msg=f"{name}: {sample.mean()} ± {se}, expected {expected}")
+
+  def assertUncorrelated(self, a, b, name):
+    """|corr(a, b)| < 4/√n: e.g. support and query draws use different keys."""
+    a, b = np.ravel(np.asarray(a)), np.ravel(np.asarray(b))
+    r = np.corrcoef(a, b)[0, 1]
+    self.assertLess(abs(r), 4 / np.sqrt(a.size), msg=f"{name}: corr {r}")
+
+  def test_takagi_features_targets_and_inputs(self):
+    # Features (x, 1), y = a·x + b exactly, one set for support and query, θ_0 = 0:
+    # the minimiser is θ = (a, b); x ~ U[−5, 5] (mean 0, E x² = 25/3).
+    n = 4000
+    for a, b in ((2.0, 3.0), (-0.7, 1.5)):
+      prob = problems.takagi_linear(jax.random.key(1), slope=a, intercept=b,
+                                    num_points=n)
+      batch = prob.batch
+      chex.assert_shape([batch.x_support, batch.y_support], [(1, n, 2), (1, n)])
+      x = np.asarray(batch.x_support[0, :, 0])
+      np.testing.assert_array_equal(batch.x_support[0, :, 1], np.ones(n))
+      np.testing.assert_allclose(batch.y_support[0], a * x + b, rtol=1e-14)
+      np.testing.assert_array_equal(batch.x_query, batch.x_support)
+      np.testing.assert_array_equal(batch.y_query, batch.y_support)
+      np.testing.assert_array_equal(prob.theta0, np.zeros(2))
+      np.testing.assert_allclose(problems.hessians(prob)[2][0], [a, b], rtol=1e-10)
+    self.assertTrue(-5.0 <= x.min() < -4.95 and 4.95 < x.max() < 5.0,
+                    msg=(x.min(), x.max()))   # P(miss) = 2·0.995^4000 ≈ 4e-9
+    self.assertMean(x, 0.0, "E x")
+    self.assertMean(x**2, 25 / 3, "E x^2")
+    # The defaults are the takagi_linear preset's problem.
+    chex.assert_trees_all_equal(
+        problems.takagi_linear(jax.random.key(2)),
+        problems.takagi_linear(jax.random.key(2),
+                               **experiment.PRESETS["takagi_linear"]["problem"]))
+
+  def test_mixed_linear_tasks_and_inputs(self):
+    # σ = 0 and N_s = N_q > p: each task's w_i is the exact least-squares solution
+    # of either split; w_i ~ N(w_0, ν²/p I_p), x ~ N(0, I_p) independently per split.
+    p, t, n, nu, w0 = 4, 3000, 6, 1.5, 0.5
+    prob = problems.mixed_linear(jax.random.key(4), p=p, num_tasks=t, n_support=n,
+                                 n_query=n, sigma=0.0, nu=nu, w0=w0, omega0=-0.25)
+    b = jax.tree.map(np.asarray, prob.batch)
+    chex.assert_shape([b.x_support, b.y_support, b.x_query, b.y_query],
+                      [(t, n, p), (t, n), (t, n, p), (t, n)])
+    w = np.stack([np.linalg.lstsq(xs, ys, rcond=None)[0]
+                  for xs, ys in zip(b.x_support, b.y_support)])
+    np.testing.assert_allclose(np.einsum("tnp,tp->tn", b.x_query, w), b.y_query,
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(prob.theta0, np.full(p, -0.25))
+    self.assertMean(w - w0, 0.0, "E w - w0")
+    self.assertMean(np.sum((w - w0)**2, axis=1), nu**2, "E|w - w0|^2")
+    self.assertMean(b.x_support**2, 1.0, "E x_s^2")
+    self.assertMean(b.x_query**2, 1.0, "E x_q^2")
+    self.assertUncorrelated(b.x_support, b.x_query, "x_s, x_q")
+
+  def test_mixed_linear_noise(self):
+    # ν = 0: every task is w_0, so y − x·w_0 is the noise: N(0, σ²), independent
+    # between the splits.
+    t, n, sigma = 3000, 5, 0.7
+    prob = problems.mixed_linear(jax.random.key(5), p=3, num_tasks=t, n_support=n,
+                                 n_query=n, sigma=sigma, nu=0.0, w0=0.5)
+    b = jax.tree.map(np.asarray, prob.batch)
+    z_s = b.y_support - b.x_support.sum(-1) * 0.5
+    z_q = b.y_query - b.x_query.sum(-1) * 0.5
+    for name, z in (("z_s", z_s), ("z_q", z_q)):
+      self.assertMean(z, 0.0, f"E {name}")
+      self.assertMean(z**2, sigma**2, f"E {name}^2")
+    self.assertUncorrelated(z_s, z_q, "z_s, z_q")
+
+  def test_dtype_and_sinusoid_pool_shapes(self):
+    prob = problems.mixed_linear(jax.random.key(6), p=3, num_tasks=2, n_support=4,
+                                 n_query=5, sigma=0.1, nu=1.0, omega0=0.2,
+                                 dtype=jnp.float32)
+    for leaf in jax.tree.leaves(prob):
+      self.assertEqual(leaf.dtype, jnp.float32)
+    pool = problems.sinusoid_pool(jax.random.key(7), num_tasks=3, k_support=4,
+                                  k_query=6)
+    chex.assert_shape([pool.x_support, pool.y_support, pool.x_query, pool.y_query],
+                      [(3, 4, 1), (3, 4, 1), (3, 6, 1), (3, 6, 1)])
+
+
 class ClassificationTest(absltest.TestCase):
 
   def test_classify_loss_absolute_and_relative(self):

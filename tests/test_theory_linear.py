@@ -261,5 +261,56 @@ class RegimeTest(absltest.TestCase):
                      problems.UNDERPARAMETERIZED)
 
 
+class SpecificationTest(parameterized.TestCase):
+  """mixed_linear_regression stores what it is given, in its dtype, or names the flag."""
+
+  # n_v·m = 14 < p = 20 < n_t·m = 28: the regime and N must come from n_v, not n_t.
+  SIZES = dict(p=20, n_t=4, n_v=2, n_r=5, m=7, sigma=0.25, nu=1.5)
+
+  def test_fields_regime_and_vectors(self):
+    w0 = [0.1 * (i - 7) for i in range(20)]
+    spec = problems.mixed_linear_regression(**self.SIZES, w0=w0, omega0=-0.7)
+    self.assertEqual((spec.p, spec.n_t, spec.n_v, spec.n_r, spec.m), (20, 4, 2, 5, 7))
+    self.assertEqual(spec.num_validation, 14)
+    self.assertEqual(spec.regime, problems.OVERPARAMETERIZED)
+    self.assertEqual((float(spec.sigma), float(spec.nu)), (0.25, 1.5))
+    # A vector is kept exactly (float64), a scalar fills every component, sign kept.
+    np.testing.assert_array_equal(spec.w0, np.array(w0, np.float64))
+    np.testing.assert_array_equal(spec.omega0, np.full(20, -0.7))
+    for leaf in (spec.sigma, spec.nu, spec.w0, spec.omega0):
+      self.assertEqual(leaf.dtype, np.float64)
+    # σ = ν = 0 (noise-free, a single task) is allowed.
+    problems.mixed_linear_regression(**dict(self.SIZES, sigma=0.0, nu=0.0))
+
+  def test_dtype_applies_to_every_leaf(self):
+    spec = problems.mixed_linear_regression(**self.SIZES, w0=0.3, omega0=[0.5] * 20,
+                                            dtype=jnp.float32)
+    for leaf in (spec.sigma, spec.nu, spec.w0, spec.omega0):
+      self.assertEqual(leaf.dtype, np.float32)
+
+  @parameterized.named_parameters(
+      ("p", dict(p=0), "p", "must be an integer >= 1 (got 0)"),
+      ("n_t", dict(n_t=0), "n_t", "must be an integer >= 1 (got 0)"),
+      ("n_v", dict(n_v=0), "n_v", "must be an integer >= 1 (got 0)"),
+      ("n_r", dict(n_r=0), "n_r", "must be an integer >= 1 (got 0)"),
+      ("m", dict(m=0), "m", "must be an integer >= 1 (got 0)"),
+      ("sigma", dict(sigma=-0.1), "sigma", "must be a finite real number >= 0 (got -0.1)"),
+      ("nu", dict(nu=-0.1), "nu", "must be a finite real number >= 0 (got -0.1)"),
+      ("w0_length", dict(w0=[1.0, 2.0]), "w0",
+       "must be a scalar or a vector of length p=20 (got shape (2,))"),
+      ("w0_length_one", dict(w0=[1.0]), "w0",
+       "must be a scalar or a vector of length p=20 (got shape (1,))"),
+      ("omega0_length", dict(omega0=np.zeros((20, 1))), "omega0",
+       "must be a scalar or a vector of length p=20 (got shape (20, 1))"),
+      ("omega0_nan", dict(omega0=[0.0] * 19 + [np.nan]), "omega0",
+       "must contain only finite values"),
+      ("w0_inf", dict(w0=np.inf), "w0", "must contain only finite values"),
+  )
+  def test_invalid_value_names_the_flag_and_range(self, override, name, detail):
+    with self.assertRaises(_checks.ConfigError) as cm:
+      problems.mixed_linear_regression(**dict(self.SIZES, **override))
+    self.assertEqual(str(cm.exception), f"{name}: {detail}")
+
+
 if __name__ == "__main__":
   absltest.main()
