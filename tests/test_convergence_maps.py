@@ -17,7 +17,10 @@ from unittest import mock
 import chex
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import to_rgb
 from absl.testing import absltest, flagsaver, parameterized
 
 from negmeta import _checks, io, maml
@@ -769,6 +772,105 @@ class SinusoidMapTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as d:
       paths = experiment.save(res, d)
       self.assertTrue(os.path.exists(paths["png"]))
+
+
+
+class MapFigureTest(absltest.TestCase):
+  """`figure.map_figure` shows the map's arrays where its axes and legend say."""
+
+  def _check(self, res, predicted_label, predicted_y, formula):
+    from negmeta.convergence import figure
+    a, s = res.arrays, res.summary
+    alpha, beta = a["alpha"], a["beta"]
+    fig = figure.map_figure(res)
+    self.addCleanup(plt.close, fig)
+    loss_ax, class_ax = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    # Cells: α on x, β on y, cell centres at the grid values (β geometric).
+    for ax in (loss_ax, class_ax):
+      (mesh,) = [c for c in ax.collections if isinstance(c, QuadMesh)]
+      xy = mesh.get_coordinates()                               # [β + 1, α + 1, 2]
+      np.testing.assert_allclose(0.5 * (xy[0, 1:, 0] + xy[0, :-1, 0]), alpha, atol=1e-12)
+      np.testing.assert_allclose(np.sqrt(xy[1:, 0, 1] * xy[:-1, 0, 1]), beta, rtol=1e-12)
+    diverged = a["empirical_class"] == D
+    self.assertTrue(diverged.any() and (~diverged).any())
+    (mesh,) = [c for c in loss_ax.collections if isinstance(c, QuadMesh)]
+    z = mesh.get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(z), diverged.T)
+    np.testing.assert_allclose(z[~diverged.T], np.log10(a["final_loss"]).T[~diverged.T],
+                               rtol=1e-12)
+    (mesh,) = [c for c in class_ax.collections if isinstance(c, QuadMesh)]
+    np.testing.assert_array_equal(mesh.get_array(), a["empirical_class"].T)
+    colors = mesh.cmap(mesh.norm(np.array([C, N, D])))[:, :3]
+    np.testing.assert_allclose(colors, [to_rgb("#1b4f72"), to_rgb("#aab7b8"),
+                                        to_rgb("#fdfefe")])
+    self.assertIn("(dark: converged, grey: not yet, white: diverged)", class_ax.get_title())
+    lo, hi = class_ax.get_ylim()
+    clip = lambda v: np.clip(np.where(np.isfinite(v), v, 10 * hi), lo / 10, 10 * hi)
+    for ax in (loss_ax, class_ax):
+      lines = {line.get_label(): line for line in ax.get_lines()}
+      np.testing.assert_allclose(lines[predicted_label].get_ydata(), clip(predicted_y),
+                                 rtol=1e-12)
+      takagi = lines["Takagi β_c(α) = min 2/(λ − αλ²)"]
+      np.testing.assert_allclose(takagi.get_xydata(), np.stack(
+          [a["dense_alpha"], clip(a["dense_beta_c_takagi"])], 1), rtol=1e-12)
+      if formula:
+        np.testing.assert_allclose(
+            lines["min 2/(λ(1 − αλ)²), top eigenvalues of H"].get_xydata(),
+            np.stack([a["dense_alpha"], clip(a["dense_beta_c_formula"])], 1), rtol=1e-12)
+      else:
+        self.assertNotIn("min 2/(λ(1 − αλ)²), top eigenvalues of H", lines)
+      if "Takagi α_c = 1/λ_max" in lines:
+        np.testing.assert_allclose(lines["Takagi α_c = 1/λ_max"].get_xdata(),
+                                   [s["takagi_alpha_c"]] * 2)
+        self.assertBetween(s["takagi_alpha_c"], alpha[0], alpha[-1])
+      else:
+        self.assertFalse(alpha[0] <= s["takagi_alpha_c"] <= alpha[-1])
+      tp = s.get("trained_point")
+      if tp and tp["alpha"] is not None:
+        np.testing.assert_array_equal(lines["trained point (Hessian)"].get_xydata(),
+                                      [[tp["alpha"], tp["beta"]]])
+      self.assertEqual(ax.get_yscale(), "log")
+      self.assertEqual(ax.get_xscale(), "linear")
+      self.assertEqual(ax.get_xlabel(), "inner learning rate α")
+      np.testing.assert_allclose(ax.get_ylim(), [beta[0] ** 1.5 / beta[1] ** 0.5,
+                                                 beta[-1] ** 1.5 / beta[-2] ** 0.5],
+                                 rtol=1e-9)
+    self.assertEqual(loss_ax.get_ylabel(), "meta learning rate β")
+    return lines
+
+  def test_linear_map(self):
+    res = tiny_takagi_map(**TINY_TAKAGI)
+    a = res.arrays
+    # The exact β_c differs from Takagi's wherever α ≠ 0: a swap would show.
+    self.assertFalse(np.allclose(a["dense_beta_c_predicted"], a["dense_beta_c_takagi"]))
+    lines = self._check(res, f"exact β_c(α), {res.config.method}",
+                        a["dense_beta_c_predicted"], formula=False)
+    np.testing.assert_array_equal(lines[f"exact β_c(α), {res.config.method}"].get_xdata(),
+                                  a["dense_alpha"])
+
+  def test_infinite_beta_c_leaves_the_map_at_the_top(self):
+    from negmeta.convergence import figure
+    res = tiny_takagi_map(**TINY_TAKAGI)
+    curve = np.array(res.arrays["dense_beta_c_predicted"])
+    curve[:100] = np.inf                      # β_c = ∞: converges at every β
+    planted = dataclasses.replace(res, arrays={**res.arrays,
+                                               "dense_beta_c_predicted": curve})
+    fig = figure.map_figure(planted)
+    self.addCleanup(plt.close, fig)
+    for ax in [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]:
+      (line,) = [l for l in ax.get_lines() if l.get_label().startswith("exact β_c(α)")]
+      y = line.get_ydata()
+      self.assertTrue(np.all(y[:100] > ax.get_ylim()[1]))
+      np.testing.assert_allclose(y[100:], np.clip(curve[100:], None, 10 * ax.get_ylim()[1]))
+
+  def test_sinusoid_map(self):
+    res = small_sinusoid_map()
+    a = res.arrays
+    self.assertEqual(res.config.method, "maml")
+    label = "2/λ_max of the MAML meta-Hessian ∇²L_α at the trained point"
+    self.assertFalse(np.allclose(a["beta_c_predicted"], a["beta_c_formula"]))
+    lines = self._check(res, label, a["beta_c_predicted"], formula=True)
+    np.testing.assert_array_equal(lines[label].get_xdata(), a["alpha"])
 
 
 class DivergedSidesTest(absltest.TestCase):

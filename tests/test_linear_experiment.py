@@ -12,7 +12,7 @@ from unittest import mock
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from negmeta import _checks
+from negmeta import _checks, plotting
 from negmeta.linear import _sweep, experiment
 from negmeta.theory import linear as theory
 
@@ -212,6 +212,67 @@ class ResultTest(absltest.TestCase):
     self.assertEqual([g["ill_conditioned_runs"] for g in grid], [0, 0, 2, 0])
     self.assertEqual(grid[3]["min_inner_gap"], float(np.min(runs["inner_gap"][1:, 3])))
     self.assertIn(" 1 nan", experiment.summary_table(planted).splitlines()[3])
+
+
+  def test_figure_shows_the_theory_the_runs_and_the_optima(self):
+    problem = experiment.make_problem(self.t.config)
+    for result, symbol in ((self.t, r"$\alpha_t$ (training)"),
+                           (self.r, r"$\alpha_r$ (adaptation)")):
+      fig = plotting.linear_sweep_figure(result)
+      try:
+        (ax,) = fig.axes
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        # Theory: the dense curve, recomputed from the problem.
+        x, y = lines["theory"].get_xydata().T
+        np.testing.assert_array_equal(x, result.theory_curve[0])
+        want = (theory.average_test_loss(problem, x, 0.1) if result is self.t else
+                theory.average_test_loss(problem, 0.3, x))
+        np.testing.assert_allclose(y, want, rtol=1e-12)
+        # Simulated points ± s.e. over the runs (the two estimators differ).
+        swept = np.asarray(result.config.grid)
+        self.assertFalse(np.allclose(result.runs.exact_loss, result.runs.protocol_loss))
+        self.assertLen(ax.containers, 2)
+        for container, name in zip(ax.containers, ("protocol_loss", "exact_loss")):
+          runs = getattr(result.runs, name)
+          mean, se = runs.mean(0), runs.std(0, ddof=1) / math.sqrt(runs.shape[0])
+          data, _, (segments,) = container.lines
+          np.testing.assert_allclose(data.get_xydata(), np.stack([swept, mean], 1),
+                                     rtol=1e-12)
+          seg = np.asarray(segments.get_segments())          # [G, 2 ends, (x, y)]
+          np.testing.assert_allclose(seg[:, :, 0], np.stack([swept, swept], 1))
+          np.testing.assert_allclose(seg[:, 1, 1] - seg[:, 0, 1], 2 * se, rtol=1e-9)
+          np.testing.assert_allclose(seg[:, 1, 1] + seg[:, 0, 1], 2 * mean, rtol=1e-12)
+        self.assertEqual(ax.containers[0].get_label(),
+                         f"experiment ({result.config.test_tasks} tasks × "
+                         f"{result.config.test_points} points)")
+        self.assertEqual(ax.containers[1].get_label(), "experiment, exact over test data")
+        # Optima: the theory line's argmin (within the dense grid's step) and
+        # the smallest simulated exact-loss mean.
+        o = result.optimum
+        (vline,) = [v for k, v in lines.items() if k.startswith("theory optimum")]
+        self.assertEqual(vline.get_label(), f"theory optimum {o['theory_argmin']:.3f}")
+        np.testing.assert_array_equal(vline.get_xdata(), [o["theory_argmin"]] * 2)
+        self.assertLessEqual(abs(o["theory_argmin"] - x[np.argmin(y)]), x[1] - x[0])
+        (star,) = [v for k, v in lines.items() if k.startswith("simulated optimum")]
+        exact = result.runs.exact_loss.mean(0)
+        i = int(np.argmin(exact))
+        self.assertEqual(star.get_marker(), "*")
+        np.testing.assert_allclose(star.get_xydata(), [[swept[i], exact[i]]], rtol=1e-12)
+        self.assertEqual(star.get_label(), f"simulated optimum {swept[i]:.3f}")
+        # Axes: linear scales, the swept rate named, every point inside the limits.
+        self.assertEqual((ax.get_xscale(), ax.get_yscale()), ("linear", "linear"))
+        self.assertEqual(ax.get_xlabel(), f"learning rate {symbol}")
+        self.assertEqual(ax.get_ylabel(), "average test loss")
+        self.assertTrue(ax.get_title().startswith("overparameterized: p=12, n_t=4, "))
+        lo, hi = ax.get_ylim()
+        for runs in (result.runs.exact_loss, result.runs.protocol_loss):
+          self.assertTrue(np.all((lo < runs.mean(0)) & (runs.mean(0) < hi)))
+        self.assertTrue(np.all((lo < y) & (y < hi)))
+        self.assertEqual([t.get_text() for t in ax.get_legend().get_texts()],
+                         ["theory", vline.get_label(), star.get_label(),
+                          ax.containers[0].get_label(), ax.containers[1].get_label()])
+      finally:
+        plotting.close(fig)
 
 
 class BadInputTest(parameterized.TestCase):

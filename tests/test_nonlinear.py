@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
 from absl.testing import absltest, parameterized
 
 from negmeta import _checks, io, linear, maml
@@ -646,6 +648,79 @@ class PlantedSweepTest(absltest.TestCase):
     with self.assertRaises(_checks.ConfigError) as cm:
       experiment.validate(experiment.NonlinearSweepConfig(antisymmetric="yes"))
     self.assertEqual(cm.exception.name, "antisymmetric")
+
+
+  def test_figure_shows_each_alpha_r_panels_curves_and_optima(self):
+    from negmeta import plotting
+    from negmeta.nonlinear import _plot
+    rng = np.random.default_rng(6)
+    # [R=4, A=2, G=3]: each curve and panel its own numbers, argmins apart.
+    losses = {k: rng.uniform(1.0, 2.0, (4, 2, 3)) for k in experiment.CURVES}
+    losses["trained"][:, 0, 0] -= 0.8      # panel 0: trained best at α_t = −1,
+    losses["ntk"][:, 0, 2] -= 0.8          # NTK best at +1
+    losses["trained"][:, 1, 2] -= 0.5      # panel 1: trained at +1,
+    losses["ntk"][:, 1, 1] -= 0.6          # NTK at 0
+    res = _planted_sweep(losses)
+    grid = res.grid
+    res.optimum.extend({name: experiment.optimum_of(v[:, a], grid, zero_index=1, seed=0)
+                        for name, v in losses.items()} for a in range(2))
+    self.assertEqual(res.config.units, "curvature")
+    fig = _plot.sweep_figure(res)
+    try:
+      fig.canvas.draw()
+      panels = [ax for ax in fig.axes if ax.get_ylabel()]
+      self.assertLen(panels, 2)
+      for a, ax in enumerate(panels):
+        stat = {k: (v[:, a].mean(0), v[:, a].std(0, ddof=1) / 2) for k, v in losses.items()}
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        for label, name, color in (
+            ("NTK prediction (exact, nearest θ₀)", "ntk", "black"),
+            (f"NTK, same optimizer & {res.config.num_steps} steps", "ntk_same_steps",
+             "grey")):
+          mean, se = stat[name]
+          np.testing.assert_allclose(lines[label].get_xydata(), np.stack([grid, mean], 1),
+                                     rtol=1e-12, err_msg=name)
+          # The shaded band is mean ± s.e., in the line's colour.
+          (band,) = [c for c in ax.collections if isinstance(c, PolyCollection) and
+                     np.allclose(c.get_facecolor()[0][:3], to_rgb(color))]
+          v = band.get_paths()[0].vertices
+          for xi, m, e in zip(grid, mean, se):
+            ys = v[np.isclose(v[:, 0], xi), 1]
+            np.testing.assert_allclose([ys.min(), ys.max()], [m - e, m + e], rtol=1e-12,
+                                       err_msg=name)
+        (container,) = ax.containers
+        self.assertEqual(container.get_label(), f"trained network (width {res.config.width})")
+        data, _, (segments,) = container.lines
+        mean, se = stat["trained"]
+        np.testing.assert_allclose(data.get_xydata(), np.stack([grid, mean], 1), rtol=1e-12)
+        seg = np.asarray(segments.get_segments())
+        np.testing.assert_allclose(seg[:, 1, 1] - seg[:, 0, 1], 2 * se, rtol=1e-9)
+        np.testing.assert_allclose(seg[:, 0, 0], grid)
+        # Optimum stars at the smallest plotted means of their own curve.
+        for name, label, color in (("trained", "trained", "tab:red"), ("ntk", "NTK", "black")):
+          i = int(np.argmin(stat[name][0]))
+          (star,) = [v for k, v in lines.items() if k.startswith(f"{label} optimum ")]
+          self.assertTrue(star.get_label().startswith(f"{label} optimum {grid[i]:g} ("))
+          np.testing.assert_allclose(star.get_xydata(), [[grid[i], stat[name][0][i]]],
+                                     rtol=1e-12, err_msg=name)
+          self.assertEqual(to_rgb(star.get_color()), to_rgb(color))
+        self.assertNotEqual(np.argmin(stat["trained"][0]), np.argmin(stat["ntk"][0]))
+        # Axes: α_t in units of 1/λ̄ below, absolute (× 1/λ̄ = 0.5) on top.
+        self.assertEqual((ax.get_xscale(), ax.get_yscale()), ("linear", "linear"))
+        self.assertEqual(ax.get_xlabel(),
+                         r"learning rate $\alpha_t$ (training), units of $1/\bar\lambda$")
+        self.assertEqual(ax.get_ylabel(), "average test loss")
+        (top,) = ax.child_axes
+        np.testing.assert_allclose(top.get_xlim(), np.array(ax.get_xlim()) / 2.0)
+        self.assertEqual(top.get_xlabel(), r"$\alpha_t$ (absolute)")
+        self.assertIn(f"α_r = {res.config.alpha_r[a]:g} /λ̄", ax.get_title())
+        lo, hi = ax.get_ylim()
+        # Every error bar and band is shown whole (panel 1's NTK band reaches
+        # below every other value: its lower edge sets the limit).
+        for name, (m, e) in stat.items():
+          self.assertTrue(np.all((lo < m - e) & (m + e < hi)), msg=(name, lo, hi))
+    finally:
+      plotting.close(fig)
 
 
 class ReportedRatesTest(absltest.TestCase):

@@ -14,6 +14,7 @@ from unittest import mock
 import chex
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 from absl.testing import absltest, parameterized
 
@@ -618,6 +619,147 @@ class PlantedResultTest(absltest.TestCase):
     self.assertEqual([x[1] for x in rows], ["0.0100"] * 4)
     self.assertEqual([x[-1] == "1/3" for x in rows], [False, True, False, False])
 
+
+def _planted_for_figures(diverged=None):
+  """A result over α_t (−0.01, 0, 0.01) × α_r (0, 0.01), 3 seeds, 3 tasks whose
+  median is not their mean, 3 steps; with the seed means [A, S, R, K] planted."""
+  rng = np.random.default_rng(8)
+  means = rng.uniform(0.3, 1.2, (3, 3, 2, 3))
+  means[..., 0] = rng.uniform(1.5, 2.0, (3, 3, 2))       # unadapted: the highest
+  offsets = np.array([-0.3, 0.1, 0.2])                      # task mean 0, median 0.1
+  q = means[:, :, :, None, :] + offsets[:, None]
+  train = rng.uniform(0.5, 3.0, (3, 3, 40))
+  return _synthetic(q, alpha_t=(-0.01, 0.0, 0.01), alpha_r=(0.0, 0.01),
+                    diverged=diverged, train_losses=train), means, offsets
+
+
+def _pooled(means):
+  """Mean and s.e. over seeds (axis 1) of planted seed means."""
+  return means.mean(axis=1), means.std(axis=1, ddof=1) / np.sqrt(means.shape[1])
+
+
+def _bars(container):
+  """(x, y) of an errorbar's points and the half-lengths of its vertical bars."""
+  data, _, (segments,) = container.lines
+  seg = np.asarray([g for g in segments.get_segments()   # NaN bars are not drawn
+                    if len(g) == 2 and np.all(np.isfinite(g))])
+  return data.get_xydata(), 0.5 * (seg[:, 1, 1] - seg[:, 0, 1]), seg[:, 0, 0]
+
+
+class FigureTest(absltest.TestCase):
+  """The figures show the planted numbers (recomputed here) where they say."""
+
+  def setUp(self):
+    super().setUp()
+    from negmeta.sinusoid import plots
+    self.plots = plots
+    self.r, self.means, self.offsets = _planted_for_figures()
+    self.mean, self.se = _pooled(self.means)                   # [A, R, K]
+    self.mean = self.mean + self.offsets.mean()
+
+  def _figure(self, make, result=None):
+    fig = make(self.r if result is None else result)
+    self.addCleanup(plt.close, fig)
+    (ax,) = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    return ax
+
+  def test_learning_curves(self):
+    means = self.means.copy()
+    means[0, :, 0, 2] = 50.0                     # (α_t −0.01, α_r 0) blows up at step 2
+    q = means[:, :, :, None, :] + self.offsets[:, None]
+    r = _synthetic(q, alpha_t=(-0.01, 0.0, 0.01), alpha_r=(0.0, 0.01))
+    mean, se = _pooled(means)
+    mean = mean + self.offsets.mean()
+    ax = self._figure(self.plots.learning_curve_figure, r)
+    top = 1.3 * mean[..., 0].max()
+    self.assertEqual(ax.get_ylim(), (0.0, top))
+    pairs = [(i, j) for i in range(3) for j in range(2)]
+    self.assertLen(ax.containers, len(pairs))
+    lines = ax.get_lines()
+    for (i, j), container in zip(pairs, ax.containers):
+      self.assertEqual(container.get_label(), f"α_t={r.alpha_t[i]:g}, α_r={r.alpha_r[j]:g}"
+                       " (mean ± 95% CI)")
+      xy, half, _ = _bars(container)
+      want = np.where(mean[i, j] <= top, mean[i, j], np.nan)
+      np.testing.assert_allclose(xy, np.stack([np.arange(3), want], 1), rtol=1e-12)
+      shown = np.isfinite(want)
+      np.testing.assert_allclose(half, 1.96 * se[i, j][shown], rtol=1e-9)
+      color = container.lines[0].get_color()
+      # The thin lines are the seeds' own means, the dashed one the median.
+      seeds = [l for l in lines if l.get_color() == color and l.get_lw() == 0.6]
+      np.testing.assert_allclose([l.get_ydata() for l in seeds],
+                                 np.where(means[i, :, j] + self.offsets.mean() <= top,
+                                          means[i, :, j] + self.offsets.mean(), np.nan),
+                                 rtol=1e-12)
+      (median,) = [l for l in lines if l.get_color() == color and l.get_ls() == "--"]
+      np.testing.assert_allclose(median.get_ydata(), means[i, :, j].mean(0) + 0.1,
+                                 rtol=1e-12)
+    (finn,) = [l for l in lines if l.get_label().startswith("Finn")]
+    np.testing.assert_array_equal(finn.get_xydata(), [[1, 0.67], [5, 0.38], [10, 0.35]])
+    (off,) = [l for l in lines if l.get_marker() == "^" and len(l.get_xdata())]
+    np.testing.assert_allclose(off.get_xydata(), [[2, 0.98 * top]])
+    self.assertEqual(ax.get_xlabel(), "fine-tuning steps (same points each step)")
+    self.assertEqual(ax.get_ylabel(), "test MSE (protocol estimator)")
+
+  def test_alpha_t_sweep(self):
+    diverged = np.zeros((3, 3), bool)
+    diverged[2, 1] = True
+    r, _, _ = _planted_for_figures(diverged)
+    ax = self._figure(self.plots.sweep_figure, r)
+    self.assertEqual(ax.get_yscale(), "log")
+    self.assertEqual(ax.get_xlabel(), r"meta-training inner rate $\alpha_t$")
+    self.assertEqual(ax.get_ylabel(), "test MSE after 2 step(s) (protocol)")
+    lines = ax.get_lines()
+    self.assertLen(ax.containers, 2)
+    for j, container in enumerate(ax.containers):
+      self.assertEqual(container.get_label(), f"α_r = {r.alpha_r[j]:g}")
+      xy, half, x = _bars(container)
+      curve = self.mean[:, j, 2]
+      np.testing.assert_allclose(xy, np.stack([r.alpha_t, curve], 1), rtol=1e-12)
+      np.testing.assert_allclose(half, 1.96 * self.se[:, j, 2], rtol=1e-9)
+      np.testing.assert_allclose(x, r.alpha_t)
+      color = container.lines[0].get_color()
+      (star,) = [l for l in lines if l.get_marker() == "*" and l.get_color() == color]
+      i = int(np.argmin(curve))
+      np.testing.assert_allclose(star.get_xydata(), [[r.alpha_t[i], curve[i]]], rtol=1e-12)
+    self.assertNotEqual(np.argmin(self.mean[:, 0, 2]), np.argmin(self.mean[:, 1, 2]))
+    (cross,) = [l for l in lines if l.get_label() == "some seeds diverged"]
+    np.testing.assert_array_equal(cross.get_xdata(), [0.01])
+
+  def test_heatmap(self):
+    ax = self._figure(self.plots.heatmap_figure)
+    (image,) = ax.get_images()
+    z = self.mean[:, :, 2]
+    np.testing.assert_allclose(image.get_array(), np.log10(z).T, rtol=1e-12)
+    self.assertEqual(image.origin, "lower")
+    self.assertEqual([t.get_text() for t in ax.get_xticklabels()], ["-0.01", "0", "0.01"])
+    self.assertEqual([t.get_text() for t in ax.get_yticklabels()], ["0", "0.01"])
+    self.assertEqual(ax.get_xlabel(), r"meta-training rate $\alpha_t$")
+    self.assertEqual(ax.get_ylabel(), r"adaptation rate $\alpha_r$")
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    np.testing.assert_array_equal(lines["best α_r per α_t"].get_xydata(),
+                                  np.stack([np.arange(3), np.argmin(z, axis=1)], 1))
+    self.assertGreater(len(set(np.argmin(z, axis=1))), 1)
+    np.testing.assert_array_equal(lines["joint minimum"].get_xydata(),
+                                  [np.unravel_index(np.argmin(z), z.shape)])
+
+  def test_training_curves(self):
+    fig = self.plots.training_figure(self.r, points=10)      # windows of 4 of 40
+    self.addCleanup(plt.close, fig)
+    (ax,) = fig.axes
+    train = self.r.train_losses
+    curve = train.reshape(3, 3, 10, 4).mean(-1).mean(1)
+    lines = ax.get_lines()
+    self.assertLen(lines, 3)
+    for i, line in enumerate(lines):
+      self.assertEqual(line.get_label(), f"α_t = {self.r.alpha_t[i]:g}")
+      np.testing.assert_allclose(line.get_xydata(),
+                                 np.stack([4 * np.arange(10) + 2.0, curve[i]], 1),
+                                 rtol=1e-12)
+    self.assertEqual(ax.get_yscale(), "log")
+    self.assertEqual(ax.get_xlabel(), "meta-iteration")
+    self.assertEqual(ax.get_ylabel(),
+                     "meta-training loss (mean over 3 seeds, windows of 4)")
 
 def _binary(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu")

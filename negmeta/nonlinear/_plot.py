@@ -63,11 +63,14 @@ def sweep_figure(result):
     ax.legend(fontsize=7)
     # Scale to the NTK curves and the trained points near them; trained points
     # far above (non-lazy blow-ups) are marked at the top edge with their value.
-    ntk_vals = np.concatenate([est[k].mean + est[k].se for k in ("ntk", "ntk_same_steps")])
-    ntk_vals = ntk_vals[np.isfinite(ntk_vals)]
+    # The NTK bands' upper (mean + s.e.) and lower (mean − s.e.) edges.
+    ntk_vals, ntk_low = (
+        np.concatenate([est[k].mean + sign * est[k].se for k in ("ntk", "ntk_same_steps")])
+        for sign in (1.0, -1.0))
+    ntk_vals, ntk_low = ntk_vals[np.isfinite(ntk_vals)], ntk_low[np.isfinite(ntk_low)]
     tr = est["trained"].mean
     if ntk_vals.size:
-      lo = np.nanmin(np.concatenate([ntk_vals, tr - est["trained"].se]))
+      lo = np.nanmin(np.concatenate([ntk_low, tr - est["trained"].se]))
       span = np.max(ntk_vals) - lo
       hi = max(np.max(ntk_vals), np.nanmax(np.where(tr <= np.max(ntk_vals) + span, tr, -np.inf)
                                            + est["trained"].se))
